@@ -1,0 +1,1 @@
+"""I/O: PostgreSQL, the embedded server, Stripe and sockets."""

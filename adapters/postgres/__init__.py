@@ -1,0 +1,1 @@
+"""PostgreSQL adapters: connection settings, schema, read-model writers and readers."""

@@ -1,0 +1,72 @@
+"""One PostgreSQL database: how to connect to it, its eventsourcing settings, and its schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+MAX_SCHEMA_LEN = 48
+
+
+@dataclass(frozen=True)
+class Database:
+    """A `postgresql://` URL plus the schema that holds Lineup's tables (tests use one each)."""
+
+    url: str
+    schema: str = "public"
+
+    def __post_init__(self) -> None:
+        if not self.schema.replace("_", "").isalnum() or len(self.schema) > MAX_SCHEMA_LEN:
+            msg = f"schema name must be letters, digits and underscores: {self.schema!r}"
+            raise ValueError(msg)
+
+    def params(self) -> dict[str, Any]:
+        """The URL's parts (host may be a unix-socket directory), with the schema as search path."""
+        params = conninfo_to_dict(self.url)
+        params["options"] = f"-c search_path={self.schema}"
+        return params
+
+    def event_store_env(self, *, pool_size: int, lock_timeout: int) -> dict[str, str]:
+        """Settings for eventsourcing's Postgres persistence (passed explicitly, never via os.environ)."""
+        params = conninfo_to_dict(self.url)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": str(params.get("dbname") or params.get("user") or "postgres"),
+            "POSTGRES_HOST": str(params.get("host") or "localhost"),
+            "POSTGRES_PORT": str(params.get("port") or "5432"),
+            "POSTGRES_USER": str(params.get("user") or "postgres"),
+            "POSTGRES_PASSWORD": str(params.get("password") or ""),
+            "POSTGRES_SCHEMA": self.schema,
+            "POSTGRES_POOL_SIZE": str(pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(pool_size),
+            "POSTGRES_LOCK_TIMEOUT": str(lock_timeout),  # seconds; 0 would wait forever
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+            "POSTGRES_PRE_PING": "y",
+            "CREATE_TABLE": "y",
+        }
+
+    def connect(self) -> psycopg.Connection[dict[str, Any]]:
+        """One autocommit connection (LISTEN, DDL, tests)."""
+        return psycopg.connect(**self.params(), autocommit=True, row_factory=dict_row)
+
+    def pool(self, *, min_size: int, max_size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
+        """A connection pool for read models; opened here, closed by its owner."""
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            kwargs={**self.params(), "autocommit": True, "row_factory": dict_row},
+            min_size=min_size,
+            max_size=max_size,
+            name=name,
+            open=False,
+            timeout=10,
+        )
+        pool.open(wait=True, timeout=30)
+        return pool
+
+    def create_schema(self) -> None:
+        with self.connect() as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')

@@ -1,0 +1,135 @@
+"""Runs projections over the event log: batches of events, read-model rows and tracking in one transaction."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from eventsourcing.persistence import IntegrityError, Tracking
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import psycopg
+    from eventsourcing.application import Application
+    from eventsourcing.postgres import PostgresTrackingRecorder
+    from psycopg_pool import ConnectionPool
+
+    from adapters.postgres.database import Database
+    from adapters.progress import Progress
+    from projections.base import Projection
+
+log = logging.getLogger(__name__)
+
+
+class BatchWriter(Protocol):
+    def flush(self) -> None: ...
+
+
+W = TypeVar("W", bound=BatchWriter)
+
+
+class ProjectionRunner(Generic[W]):
+    """Exactly once: a batch's changes and its tracking position commit together, or neither does.
+
+    The tracking upsert refuses a position that is not beyond the stored one, so a batch
+    processed twice (by a restarted or a second process) rolls back and changes nothing.
+    """
+
+    def __init__(  # noqa: PLR0913
+        self,
+        app: Application[Any],
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        projection: Projection[W],
+        writer: Callable[[psycopg.Cursor[Any]], W],
+        tracking: PostgresTrackingRecorder,
+        progress: Progress,
+        *,
+        batch_size: int = 1000,
+    ) -> None:
+        self.app, self.pool, self.projection = app, pool, projection
+        self.writer, self.tracking, self.progress = writer, tracking, progress
+        self.batch_size = batch_size
+        self.position = tracking.max_tracking_id(projection.name) or 0
+        progress.register(projection.name, self.position)
+
+    def run_once(self) -> int:
+        """Process the next batch of events; returns how many there were."""
+        notifications = self.app.recorder.select_notifications(
+            start=self.position, limit=self.batch_size, inclusive_of_start=False
+        )
+        if not notifications:
+            return 0
+        last = notifications[-1].id
+        try:
+            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                with conn.pipeline():
+                    writer = self.writer(cursor)
+                    for notification in notifications:
+                        self.projection.process(self.app.mapper.to_domain_event(notification), writer)
+                    writer.flush()
+                self.tracking._insert_tracking(cursor, Tracking(self.projection.name, last))
+        except IntegrityError:
+            # Someone else recorded this position first: take theirs and go on from there.
+            self.position = self.tracking.max_tracking_id(self.projection.name) or 0
+            self.progress.advance(self.projection.name, self.position)
+            return 0
+        self.position = last
+        self.progress.advance(self.projection.name, last)
+        return len(notifications)
+
+    def catch_up(self) -> int:
+        total = 0
+        while count := self.run_once():
+            total += count
+        return total
+
+
+class ProjectorThread:
+    """Keeps projections up to date inside `lineup serve`: woken by LISTEN, polling as a fallback."""
+
+    def __init__(self, database: Database, channel: str, runners: list[ProjectionRunner[Any]]) -> None:
+        self.database, self.channel, self.runners = database, channel, runners
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._listen, name="lineup-listen", daemon=True),
+            threading.Thread(target=self._project, name="lineup-projector", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _project(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                busy = sum(runner.run_once() for runner in self.runners)
+            except Exception:
+                log.exception("projection batch failed; retrying in 1 s")
+                self._stop.wait(1.0)
+                continue
+            if not busy:
+                self._wake.wait(0.5)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self.database.connect() as conn:
+                    conn.execute(f'LISTEN "{self.channel}"')
+                    self._wake.set()  # anything committed before LISTEN is picked up now
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake.set()
+            except Exception:
+                log.warning("LISTEN connection lost; reconnecting in 1 s", exc_info=True)
+                time.sleep(1.0)

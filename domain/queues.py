@@ -1,0 +1,131 @@
+"""The Queues application: runs batches of queue commands, each batch saved in one transaction."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Snapshot
+from eventsourcing.persistence import IntegrityError
+
+from domain.commands import Command, Outcome, apply_command
+from domain.errors import QueueError, QueueNotFoundError
+from domain.queue import Queue, QueueSummary, queue_id_for
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from uuid import UUID
+
+    from eventsourcing.utils import EnvType
+
+MAX_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class Executed:
+    """A batch's answers (one per command, in order) and the log position of its last event."""
+
+    outcomes: list[Outcome | QueueError]
+    position: int | None
+
+
+class ConcurrencyError(Exception):
+    """Other writers kept winning the same queue versions; the batch was not applied."""
+
+
+class Queues(Application[Any]):
+    """Use cases of the queue context.
+
+    `execute` applies commands in order to aggregates loaded once per batch and saves every
+    new event of the batch in one `save()` (one transaction): group commit. Aggregates stay
+    cached between batches and are fast-forwarded from the store before use, so a long queue
+    is never replayed per command and another process's writes are always seen. When another
+    process wins a version, the batch is retried on fresh aggregates.
+    """
+
+    is_snapshotting_enabled = True
+    snapshot_every = 500
+    cache_size = 10_000
+
+    def __init__(self, env: EnvType | None = None) -> None:
+        super().__init__(env)
+        self._live: OrderedDict[UUID, Queue] = OrderedDict()
+
+    def execute(self, commands: Sequence[Command], at: int) -> Executed:
+        """Apply `commands` in order at time `at` (epoch ms) and commit them together.
+
+        Returns, per command, its answer or the `QueueError` it was refused with, and the
+        log position of the batch's last event (None when nothing changed).
+        """
+        for _ in range(MAX_ATTEMPTS):
+            touched: dict[UUID, Queue] = {}
+            try:
+                return self._execute_once(commands, at, touched)
+            except IntegrityError:
+                for queue_id in touched:
+                    self._live.pop(queue_id, None)
+            except BaseException:
+                for queue_id in touched:  # a half-applied batch must not stay cached
+                    self._live.pop(queue_id, None)
+                raise
+        msg = f"gave up after {MAX_ATTEMPTS} attempts: other writers kept winning"
+        raise ConcurrencyError(msg)
+
+    def _execute_once(self, commands: Sequence[Command], at: int, touched: dict[UUID, Queue]) -> Executed:
+        outcomes: list[Outcome | QueueError] = []
+        versions: dict[UUID, int] = {}
+        for command in commands:
+            queue_id = queue_id_for(command.event_id)
+            queue = touched.get(queue_id)
+            if queue is None and queue_id not in versions:
+                queue = self._load(queue_id)
+                versions[queue_id] = queue.version if queue else 0
+                if queue is not None:
+                    touched[queue_id] = queue
+            try:
+                queue, outcome = apply_command(queue, command, at)
+            except QueueError as error:
+                outcomes.append(error)
+                continue
+            touched[queue_id] = queue
+            outcomes.append(outcome)
+        recordings = self.save(*touched.values())
+        for queue_id, queue in touched.items():
+            self._remember(queue_id, queue)
+            if queue.version // self.snapshot_every > versions.get(queue_id, 0) // self.snapshot_every:
+                self._snapshot(queue)
+        positions = [r.notification.id for r in recordings if r.notification.id is not None]
+        return Executed(outcomes, max(positions, default=None))
+
+    def summary(self, event_id: str) -> QueueSummary:
+        """The queue's current summary, read from the write model."""
+        queue = self._load(queue_id_for(event_id))
+        if queue is None:
+            raise QueueNotFoundError(f"no queue is open for event {event_id}")
+        return queue.summary()
+
+    def _load(self, queue_id: UUID) -> Queue | None:
+        queue = self._live.get(queue_id)
+        if queue is None:
+            try:
+                queue = self.repository.get(queue_id)
+            except AggregateNotFoundError:
+                return None
+            self._remember(queue_id, queue)
+            return queue
+        for stored in self.events.get(queue_id, gt=queue.version):  # writes of other processes
+            if isinstance(stored, Queue.Event):
+                stored.mutate(queue)
+        return queue
+
+    def _remember(self, queue_id: UUID, queue: Queue) -> None:
+        self._live[queue_id] = queue
+        self._live.move_to_end(queue_id)
+        while len(self._live) > self.cache_size:
+            self._live.popitem(last=False)
+
+    def _snapshot(self, queue: Queue) -> None:
+        if self.snapshots is not None:
+            self.snapshots.put([Snapshot.take(queue)])

@@ -1,0 +1,1 @@
+"""Thin shells: settings, composition root, HTTP, CLI."""

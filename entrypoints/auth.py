@@ -1,0 +1,61 @@
+"""Identity: JWT HS256 tokens whose `sub` is the user and optional `role` is `user` or `service`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.security.jwt import JWTAuth, Token
+
+from domain.commands import Caller
+
+ROLES = ("user", "service")
+PUBLIC_PATHS = ["^/health", "^/ready", "^/metrics", "^/schema", "^/api/webhooks"]
+
+
+def caller_from(token: Token) -> Caller:
+    role = token.extras.get("role", "user")
+    if role not in ROLES:
+        msg = f"unknown role {role!r}: expected 'user' or 'service'"
+        raise NotAuthorizedException(msg)
+    return Caller(token.sub, is_service=role == "service")
+
+
+def decode(encoded: str, secret: str) -> Caller:
+    """Verify a token (signature, expiry) and return who it names; raises NotAuthorizedException."""
+    return caller_from(Token.decode(encoded, secret, "HS256"))
+
+
+def issue(secret: str, user_id: str, *, role: str = "user", ttl: int = 3600) -> str:
+    """A signed token for development and tests (`lineup token`)."""
+    if role not in ROLES:
+        msg = f"role must be one of {', '.join(ROLES)}"
+        raise ValueError(msg)
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + timedelta(seconds=ttl)}
+    if role != "user":
+        claims["role"] = role
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def require_self(caller: Caller, user_id: str) -> None:
+    """A path user id that is not the caller's own is 403, unless the caller is a service."""
+    if not caller.is_service and caller.user_id != user_id:
+        msg = "you may only read your own data"
+        raise PermissionDeniedException(msg)
+
+
+async def _retrieve_caller(token: Token, _: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    return caller_from(token)
+
+
+def jwt_auth(secret: str) -> JWTAuth[Caller, Token]:
+    return JWTAuth[Caller, Token](
+        retrieve_user_handler=_retrieve_caller,
+        token_secret=secret,
+        algorithm="HS256",
+        exclude=PUBLIC_PATHS,
+    )

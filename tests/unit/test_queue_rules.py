@@ -7,12 +7,12 @@ import uuid
 import pytest
 
 from domain.commands import (
-    CallNext,
     Caller,
+    CallNext,
     CloseQueue,
     CompleteEntry,
-    JoinQueue,
     Joined,
+    JoinQueue,
     LeaveQueue,
     MarkNoShow,
     OpenQueue,
@@ -62,8 +62,10 @@ def test_join_gives_positions_first_come_first_served(app: Queues) -> None:
 
 def test_a_second_join_returns_the_active_entry_without_a_new_one(app: Queues) -> None:
     first, again = app.execute([join("a"), join("a")], 5_000).outcomes
-    assert isinstance(first, Joined) and isinstance(again, Joined)
-    assert first.created and not again.created
+    assert isinstance(first, Joined)
+    assert isinstance(again, Joined)
+    assert first.created
+    assert not again.created
     assert again.entry.entry_id == first.entry.entry_id
     assert app.summary("e1").waiting == 1
 
@@ -96,9 +98,11 @@ def test_complete_requires_a_called_entry_and_moves_the_average(app: Queues) -> 
     entry_id = joined.entry.entry_id
     assert isinstance(run_one(app, CompleteEntry("e1", OWNER, entry_id), 2_000), NotCalledError)
     called = run_one(app, CallNext("e1", OWNER), 10_000)
-    assert isinstance(called, EntryView) and called.status == "called"
+    assert isinstance(called, EntryView)
+    assert called.status == "called"
     done = run_one(app, CompleteEntry("e1", OWNER, entry_id), 40_000)
-    assert isinstance(done, EntryView) and done.status == "completed"
+    assert isinstance(done, EntryView)
+    assert done.status == "completed"
     assert app.summary("e1").avg_service_seconds == next_average_ms(60_000, 30_000) / 1000
 
 

@@ -52,6 +52,7 @@ class Queues(Application[Any]):
     def __init__(self, env: EnvType | None = None) -> None:
         super().__init__(env)
         self._live: OrderedDict[UUID, Queue] = OrderedDict()
+        self.conflicts = 0  # batches retried because another writer won a version
 
     def execute(self, commands: Sequence[Command], at: int) -> Executed:
         """Apply `commands` in order at time `at` (epoch ms) and commit them together.
@@ -64,6 +65,7 @@ class Queues(Application[Any]):
             try:
                 return self._execute_once(commands, at, touched)
             except IntegrityError:
+                self.conflicts += 1
                 for queue_id in touched:
                     self._live.pop(queue_id, None)
             except BaseException:

@@ -50,8 +50,11 @@ def open_database(settings: Settings) -> tuple[Database, EmbeddedPostgres | None
     return Database(embedded.start(), settings.database_schema), embedded
 
 
-def event_store(settings: Settings, database: Database) -> Queues:
-    return Queues(env=database.event_store_env(pool_size=settings.pool_size, lock_timeout=settings.lock_timeout))
+def event_store(settings: Settings, database: Database, *, create_tables: bool = False) -> Queues:
+    """The event store; only `migrate` creates tables (under a lock: concurrent DDL collides)."""
+    env = database.event_store_env(pool_size=settings.pool_size, lock_timeout=settings.lock_timeout)
+    env["CREATE_TABLE"] = "y" if create_tables else "n"
+    return Queues(env=env)
 
 
 def migrate(settings: Settings, database: Database) -> Queues:
@@ -60,7 +63,7 @@ def migrate(settings: Settings, database: Database) -> Queues:
     with database.connect() as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
-            queues = event_store(settings, database)  # eventsourcing creates its own tables
+            queues = event_store(settings, database, create_tables=True)
             conn.execute(queues_tables.DDL)
             tracking_recorder(queues).create_table()
         finally:

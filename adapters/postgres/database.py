@@ -47,7 +47,6 @@ class Database:
             "POSTGRES_LOCK_TIMEOUT": str(lock_timeout),  # seconds; 0 would wait forever
             "POSTGRES_CONNECT_TIMEOUT": "10",
             "POSTGRES_PRE_PING": "y",
-            "CREATE_TABLE": "y",
         }
 
     def connect(self) -> psycopg.Connection[dict[str, Any]]:

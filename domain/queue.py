@@ -170,9 +170,10 @@ class Queue(Aggregate):
                 return index
         return None
 
-    def entry(self, entry_id: str) -> EntryView:
+    def entry(self, entry_id: str, position: int | None = None) -> EntryView:
+        """The entry as answered now; pass `position` when known (scanning a long queue costs O(n))."""
         if entry_id in self.waiting:
-            position = self.position_of(entry_id)
+            position = position or self.position_of(entry_id)
             assert position is not None  # invariant: a waiting entry has a position
             eta = estimated_time(self.last_at, position, self.average_ms)
             return EntryView(entry_id, self.event_id, self.waiting[entry_id], position, eta, WAITING)
@@ -208,7 +209,7 @@ class Queue(Aggregate):
         if self.capacity is not None and len(self.waiting) >= self.capacity:
             raise QueueFullError(f"the queue of event {self.event_id} is full ({self.capacity} waiting)")
         self._user_joined(entry_id=entry_id, user_id=user_id, at=at)
-        return self.entry(entry_id), True
+        return self.entry(entry_id, position=len(self.waiting)), True  # a new entry is the last one
 
     def leave(self, user_id: str, at: int) -> EntryView:
         entry_id = self.active.get(user_id)

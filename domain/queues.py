@@ -52,6 +52,7 @@ class Queues(Application[Any]):
     def __init__(self, env: EnvType | None = None) -> None:
         super().__init__(env)
         self._live: OrderedDict[UUID, Queue] = OrderedDict()
+        self._snapshot_versions: dict[UUID, int] = {}
         self.conflicts = 0  # batches retried because another writer won a version
 
     def execute(self, commands: Sequence[Command], at: int) -> Executed:
@@ -77,13 +78,13 @@ class Queues(Application[Any]):
 
     def _execute_once(self, commands: Sequence[Command], at: int, touched: dict[UUID, Queue]) -> Executed:
         outcomes: list[Outcome | QueueError] = []
-        versions: dict[UUID, int] = {}
+        loaded: set[UUID] = set()
         for command in commands:
             queue_id = queue_id_for(command.event_id)
             queue = touched.get(queue_id)
-            if queue is None and queue_id not in versions:
+            if queue is None and queue_id not in loaded:
                 queue = self._load(queue_id)
-                versions[queue_id] = queue.version if queue else 0
+                loaded.add(queue_id)
                 if queue is not None:
                     touched[queue_id] = queue
             try:
@@ -96,8 +97,7 @@ class Queues(Application[Any]):
         recordings = self.save(*touched.values())
         for queue_id, queue in touched.items():
             self._remember(queue_id, queue)
-            if queue.version // self.snapshot_every > versions.get(queue_id, 0) // self.snapshot_every:
-                self._snapshot(queue)
+            self._maybe_snapshot(queue_id, queue)
         positions = [r.notification.id for r in recordings if r.notification.id is not None]
         return Executed(outcomes, max(positions, default=None))
 
@@ -128,6 +128,13 @@ class Queues(Application[Any]):
         while len(self._live) > self.cache_size:
             self._live.popitem(last=False)
 
-    def _snapshot(self, queue: Queue) -> None:
-        if self.snapshots is not None:
+    def _maybe_snapshot(self, queue_id: UUID, queue: Queue) -> None:
+        """Snapshot after `snapshot_every` events, or after as many events as the queue has entries.
+
+        A snapshot costs O(entries), so spacing them by at least the entry count keeps the cost
+        per event constant however long the queue grows; a cold load replays at most that many.
+        """
+        last = self._snapshot_versions.setdefault(queue_id, queue.version)
+        if self.snapshots is not None and queue.version - last >= max(self.snapshot_every, len(queue.active)):
             self.snapshots.put([Snapshot.take(queue)])
+            self._snapshot_versions[queue_id] = queue.version

@@ -32,7 +32,7 @@ from domain.errors import (
     QueueNotFoundError,
     QueuePausedError,
 )
-from domain.queue import EntryView, QueueSummary, next_average_ms
+from domain.queue import EntryView, QueueSummary, next_average_ms, queue_id_for
 from domain.queues import Queues
 
 OWNER = Caller("owner")
@@ -128,3 +128,17 @@ def test_no_show_cancels_with_reason(app: Queues) -> None:
     cancelled = run_one(app, MarkNoShow("e1", OWNER, joined.entry.entry_id))
     assert isinstance(cancelled, EntryView)
     assert (cancelled.status, cancelled.reason) == ("cancelled", "no_show")
+
+
+def test_snapshots_are_taken_and_a_cold_load_from_them_equals_the_live_queue() -> None:
+    app = Queues()
+    app.snapshot_every = 5
+    run_one(app, OpenQueue("e1", OWNER, "Show"))
+    for n in range(4):
+        app.execute([join(f"u{n}-{i}") for i in range(3)] + [CallNext("e1", OWNER)], 2_000 + n)
+    assert app.snapshots is not None
+    taken = list(app.snapshots.get(queue_id_for("e1")))
+    assert taken, "a queue with 17 events and 8 entries should have been snapshotted"
+    live = app._live[queue_id_for("e1")]
+    cold = app.repository.get(queue_id_for("e1"))
+    assert cold.__dict__ == live.__dict__

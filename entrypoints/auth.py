@@ -16,6 +16,24 @@ ROLES = ("user", "service")
 PUBLIC_PATHS = ["^/health", "^/ready", "^/metrics", "^/schema", "^/api/webhooks"]
 
 
+NO_EXPIRY = timedelta(days=3650)
+
+
+class LineupToken(Token):
+    """Litestar's Token, but `iat` is optional and `exp` is honoured when present (the contract)."""
+
+    @classmethod
+    def decode_payload(cls, encoded_token: str, secret: str, algorithms: list[str], **kwargs: Any) -> Any:
+        payload = super().decode_payload(encoded_token, secret, algorithms, **kwargs)
+        if isinstance(payload, dict):
+            now = datetime.now(UTC).timestamp()
+            iat = payload.get("iat")
+            if not isinstance(iat, int | float) or iat > now:  # absent, or an issuer's clock running ahead
+                payload["iat"] = int(now)
+            payload.setdefault("exp", int(now + NO_EXPIRY.total_seconds()))
+        return payload
+
+
 def caller_from(token: Token) -> Caller:
     role = token.extras.get("role", "user")
     if role not in ROLES:
@@ -26,7 +44,7 @@ def caller_from(token: Token) -> Caller:
 
 def decode(encoded: str, secret: str) -> Caller:
     """Verify a token (signature, expiry) and return who it names; raises NotAuthorizedException."""
-    return caller_from(Token.decode(encoded, secret, "HS256"))
+    return caller_from(LineupToken.decode(encoded, secret, "HS256"))
 
 
 def issue(secret: str, user_id: str, *, role: str = "user", ttl: int = 3600) -> str:
@@ -58,4 +76,5 @@ def jwt_auth(secret: str) -> JWTAuth[Caller, Token]:
         token_secret=secret,
         algorithm="HS256",
         exclude=PUBLIC_PATHS,
+        token_cls=LineupToken,
     )

@@ -29,7 +29,7 @@ from domain.commands import (
     PauseQueue,
     ResumeQueue,
 )
-from domain.errors import NotOwnerError, QueueError, QueueNotFoundError
+from domain.errors import InvalidCommandError, NotOwnerError, QueueError, QueueNotFoundError
 from domain.queue import EntryView, QueueSummary
 from entrypoints.auth import jwt_auth, require_self
 from entrypoints.bootstrap import Container
@@ -95,8 +95,10 @@ class QueueController(Controller):
 
     @post("/", status_code=201, summary="Open the event's queue; the caller becomes its owner")
     async def open_queue(
-        self, event_id: str, data: OpenQueueIn, request: CallerRequest, container: Container
+        self, event_id: str, request: CallerRequest, container: Container, data: OpenQueueIn | None = None
     ) -> SummaryOut:
+        if data is None:
+            raise InvalidCommandError('a JSON body is required, e.g. {"name": "Launch Q&A"}')
         command = OpenQueue(
             event_id, request.user, data.name, data.capacity, data.service_seconds, data.requires_payment
         )
@@ -197,5 +199,6 @@ def create_app(container: Container) -> Litestar:
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), JsonRenderPlugin()],
         ),
+        on_shutdown=[container.close],  # uvicorn re-raises SIGTERM after shutdown: clean up here
         debug=False,
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Snapshot
@@ -15,10 +16,13 @@ from domain.errors import QueueError, QueueNotFoundError
 from domain.queue import Queue, QueueSummary, queue_id_for
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Iterable, Sequence
+    from contextlib import AbstractContextManager
     from uuid import UUID
 
     from eventsourcing.utils import EnvType
+
+    Exclusive: TypeAlias = Callable[[Iterable[UUID]], AbstractContextManager[None]]
 
 MAX_ATTEMPTS = 20
 
@@ -55,16 +59,20 @@ class Queues(Application[Any]):
         self._snapshot_versions: dict[UUID, int] = {}
         self.conflicts = 0  # batches retried because another writer won a version
 
-    def execute(self, commands: Sequence[Command], at: int) -> Executed:
+    def execute(self, commands: Sequence[Command], at: int, exclusive: Exclusive | None = None) -> Executed:
         """Apply `commands` in order at time `at` (epoch ms) and commit them together.
 
-        Returns, per command, its answer or the `QueueError` it was refused with, and the
-        log position of the batch's last event (None when nothing changed).
+        `exclusive`, when given, is held around loading and saving the batch's queues, so that
+        writers in other processes take turns on them instead of retrying. Returns, per command,
+        its answer or the `QueueError` it was refused with, and the log position of the batch's
+        last event (None when nothing changed).
         """
+        queue_ids = {queue_id_for(command.event_id) for command in commands}
         for _ in range(MAX_ATTEMPTS):
             touched: dict[UUID, Queue] = {}
             try:
-                return self._execute_once(commands, at, touched)
+                with exclusive(queue_ids) if exclusive else nullcontext():
+                    return self._execute_once(commands, at, touched)
             except IntegrityError:
                 self.conflicts += 1
                 for queue_id in touched:

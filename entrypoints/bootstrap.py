@@ -17,6 +17,7 @@ from adapters.committer import GroupCommitter
 from adapters.embedded import EmbeddedPostgres
 from adapters.postgres import queues as queues_tables
 from adapters.postgres.database import Database
+from adapters.postgres.locks import QueueLocks
 from adapters.postgres.projector import ProjectionRunner, ProjectorThread
 from adapters.postgres.queues import PostgresQueuesWriter, QueuesReader
 from adapters.progress import Progress
@@ -76,6 +77,11 @@ def tracking_recorder(queues: Queues) -> PostgresTrackingRecorder:
     return PostgresTrackingRecorder(datastore, tracking_table_name=TRACKING_TABLE)
 
 
+def committer(queues: Queues, locks: QueueLocks) -> GroupCommitter:
+    """Group commit with per-queue advisory locks, so several processes take turns on a queue."""
+    return GroupCommitter(lambda commands, at: queues.execute(commands, at, locks.hold))
+
+
 @dataclass
 class Container:
     """Everything a running Lineup process uses; `close()` releases it in reverse order."""
@@ -89,6 +95,7 @@ class Container:
     committer: GroupCommitter
     progress: Progress
     runners: list[ProjectionRunner[Any]]
+    locks: QueueLocks
     jwt_secret: str
     projector: ProjectorThread | None = None
     _closed: bool = field(default=False, repr=False)
@@ -106,6 +113,7 @@ class Container:
             self.committer.stop()
         if self.projector is not None:
             self.projector.stop()
+        self.locks.close()
         self.pool.close()
         self.queues.close()
         if self.embedded is not None:
@@ -119,6 +127,7 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         queues = migrate(settings, database)
         pool = database.pool(min_size=2, max_size=settings.pool_size, name="lineup-read")
         progress = Progress()
+        locks = QueueLocks(database)
         runners: list[ProjectionRunner[Any]] = [
             ProjectionRunner(
                 queues, pool, QueuesProjection(), PostgresQueuesWriter, tracking_recorder(queues), progress
@@ -131,13 +140,15 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
             queues=queues,
             pool=pool,
             reader=QueuesReader(pool),
-            committer=GroupCommitter(queues.execute),
+            committer=committer(queues, locks),
             progress=progress,
             runners=runners,
+            locks=locks,
             jwt_secret=jwt_secret(settings),
         )
         if projectors:
-            container.projector = ProjectorThread(database, queues.recorder.channel_name, runners)  # type: ignore[attr-defined]
+            channel = queues.recorder.channel_name  # type: ignore[attr-defined]
+            container.projector = ProjectorThread(database, channel, runners, progress)
     except BaseException:
         if embedded is not None:
             embedded.stop()

@@ -60,6 +60,9 @@ def serve() -> None:
 
     settings = Settings.from_env()
     _logging(settings.log_level)
+    if settings.workers > 1:
+        _serve_workers(settings)
+        return
     container = build(settings)
     try:
         container.start()
@@ -71,11 +74,30 @@ def serve() -> None:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            proxy_headers=False,  # nothing reads the client address; saves work per request
         )
         logging.getLogger("lineup").info("listening on http://%s:%d", settings.host, settings.port)
         uvicorn.Server(config).run()
     finally:
         container.close()
+
+
+def _serve_workers(settings: Settings) -> None:
+    """Several worker processes on one port; this process owns the embedded server, if any."""
+    from entrypoints.bootstrap import jwt_secret, migrate, open_database
+    from entrypoints.workers import run_workers
+
+    database, embedded = open_database(settings)
+    try:
+        migrate(settings, database).close()
+        env = settings.for_workers(database.url, jwt_secret(settings))
+        logging.getLogger("lineup").info(
+            "listening on http://%s:%d with %d workers", settings.host, settings.port, settings.workers
+        )
+        run_workers(settings.workers, env, settings.host, settings.port, settings.log_level)
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 @cli.command()

@@ -42,6 +42,7 @@ class Settings:
     pool_size: int = 8
     lock_timeout: int = 5
     log_level: str = "info"
+    workers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,4 +60,9 @@ class Settings:
             pool_size=_int(env, "LINEUP_DB_POOL_SIZE", 8, minimum=2),
             lock_timeout=_int(env, "LINEUP_DB_LOCK_TIMEOUT", 5, minimum=1),
             log_level=(env.get("LINEUP_LOG_LEVEL", "").strip() or "info").lower(),
+            workers=_int(env, "LINEUP_WORKERS", 1, minimum=1),
         )
+
+    def for_workers(self, database_url: str, jwt_secret: str) -> dict[str, str]:
+        """Environment for `lineup serve`'s worker processes: the resolved database and secret."""
+        return {"LINEUP_DATABASE_URL": database_url, "LINEUP_JWT_SECRET": jwt_secret, "LINEUP_WORKERS": "1"}

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from projections.base import Projection
 
 log = logging.getLogger(__name__)
+PROGRESS_CHANNEL = "lineup_progress"
+PROJECTOR_LOCK = 0x4C696E6570  # advisory lock key held by the one process that projects
+ELECTION_INTERVAL = 1.0
 
 
 class BatchWriter(Protocol):
@@ -52,7 +55,7 @@ class ProjectionRunner(Generic[W]):
         self.app, self.pool, self.projection = app, pool, projection
         self.writer, self.tracking, self.progress = writer, tracking, progress
         self.batch_size = batch_size
-        self.position = tracking.max_tracking_id(projection.name) or 0
+        self.position = self.tracked()
         progress.register(projection.name, self.position)
 
     def run_once(self) -> int:
@@ -71,14 +74,22 @@ class ProjectionRunner(Generic[W]):
                         self.projection.process(self.app.mapper.to_domain_event(notification), writer)
                     writer.flush()
                 self.tracking._insert_tracking(cursor, Tracking(self.projection.name, last))
+                cursor.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, f"{self.projection.name}:{last}"))
         except IntegrityError:
             # Someone else recorded this position first: take theirs and go on from there.
-            self.position = self.tracking.max_tracking_id(self.projection.name) or 0
-            self.progress.advance(self.projection.name, self.position)
+            self.reload()
             return 0
         self.position = last
         self.progress.advance(self.projection.name, last)
         return len(notifications)
+
+    def tracked(self) -> int:
+        """The position committed in the database (whoever committed it)."""
+        return self.tracking.max_tracking_id(self.projection.name) or 0
+
+    def reload(self) -> None:
+        self.position = self.tracked()
+        self.progress.advance(self.projection.name, self.position)
 
     def catch_up(self) -> int:
         total = 0
@@ -88,10 +99,19 @@ class ProjectionRunner(Generic[W]):
 
 
 class ProjectorThread:
-    """Keeps projections up to date inside `lineup serve`: woken by LISTEN, polling as a fallback."""
+    """Keeps projections up to date inside `lineup serve`, in exactly one process per database.
 
-    def __init__(self, database: Database, channel: str, runners: list[ProjectionRunner[Any]]) -> None:
-        self.database, self.channel, self.runners = database, channel, runners
+    A session-level advisory lock on the LISTEN connection elects the process that projects;
+    the others retry every second and take over when the holder's session ends (a crash or a
+    stop releases it). Every process follows the `lineup_progress` channel, so its commands
+    can wait for their own events to be projected whoever projects them.
+    """
+
+    def __init__(
+        self, database: Database, channel: str, runners: list[ProjectionRunner[Any]], progress: Progress
+    ) -> None:
+        self.database, self.channel, self.runners, self.progress = database, channel, runners, progress
+        self.leader = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads = [
@@ -112,6 +132,9 @@ class ProjectorThread:
     def _project(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            if not self.leader.is_set():
+                self._wake.wait(0.5)
+                continue
             try:
                 busy = sum(runner.run_once() for runner in self.runners)
             except Exception:
@@ -126,10 +149,31 @@ class ProjectorThread:
             try:
                 with self.database.connect() as conn:
                     conn.execute(f'LISTEN "{self.channel}"')
-                    self._wake.set()  # anything committed before LISTEN is picked up now
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self._wake.set()
+                    conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
+                    self._follow(conn)
             except Exception:
                 log.warning("LISTEN connection lost; reconnecting in 1 s", exc_info=True)
-                time.sleep(1.0)
+            finally:
+                self.leader.clear()  # the lock lived in that session
+            self._stop.wait(1.0)
+
+    def _follow(self, conn: psycopg.Connection[Any]) -> None:
+        for runner in self.runners:  # catch up with what was projected while we were not listening
+            self.progress.advance(runner.projection.name, runner.tracked())
+        next_election = 0.0
+        while not self._stop.is_set():
+            if not self.leader.is_set() and time.monotonic() >= next_election:
+                next_election = time.monotonic() + ELECTION_INTERVAL
+                row = conn.execute("SELECT pg_try_advisory_lock(%s) AS won", (PROJECTOR_LOCK,)).fetchone()
+                if row and row["won"]:
+                    for runner in self.runners:
+                        runner.reload()
+                    log.info("this process now runs the projectors")
+                    self.leader.set()
+                    self._wake.set()
+            for notify in conn.notifies(timeout=0.5):
+                if notify.channel == PROGRESS_CHANNEL:
+                    name, _, position = notify.payload.partition(":")
+                    self.progress.advance(name, int(position))
+                else:
+                    self._wake.set()

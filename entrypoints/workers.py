@@ -1,0 +1,80 @@
+"""`lineup serve` with several worker processes, each on its own SO_REUSEPORT socket.
+
+uvicorn's own multi-worker mode shares one listening socket, and with keep-alive clients the
+first worker to accept takes most connections (measured: 87 % / 13 % CPU over 2 workers).
+Separate SO_REUSEPORT sockets let the kernel spread connections evenly over the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+from multiprocessing.process import BaseProcess
+
+log = logging.getLogger("lineup")
+RESTART_PAUSE = 1.0
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(env: dict[str, str], host: str, port: int, log_level: str) -> None:
+    """Runs in a child process: its own container, app and socket."""
+    import uvicorn
+
+    os.environ.update(env)
+    config = uvicorn.Config(
+        "entrypoints.asgi:worker_app",
+        factory=True,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        proxy_headers=False,
+    )
+    uvicorn.Server(config).run(sockets=[_listening_socket(host, port)])
+
+
+def run_workers(count: int, env: dict[str, str], host: str, port: int, log_level: str) -> None:
+    """Start `count` workers and keep them running until SIGTERM or SIGINT, then stop them all."""
+    _listening_socket(host, port).close()  # fail fast, in this process, when the port is taken
+    context = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    workers: list[BaseProcess] = []
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_worker, args=(env, host, port, log_level), name="lineup-worker")
+        process.start()
+        return process
+
+    try:
+        workers = [start() for _ in range(count)]
+        log.info("started %d workers: %s", count, ", ".join(str(w.pid) for w in workers))
+        while not stopping.wait(RESTART_PAUSE):
+            for index, process in enumerate(workers):
+                if not process.is_alive():
+                    log.error("worker %s exited with %s; starting a new one", process.pid, process.exitcode)
+                    workers[index] = start()
+    finally:
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in workers:
+            process.join(timeout=15)
+            if process.is_alive():
+                process.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,119 @@
+"""Several `lineup serve` processes on one database: shared writes, one projector, take-over on a crash."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from entrypoints.settings import Settings
+from tests.e2e.conftest import LineupServer, free_port
+
+
+class WorkersServer(LineupServer):
+    """`lineup serve` with LINEUP_WORKERS=2 (two worker processes on SO_REUSEPORT sockets)."""
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "LINEUP_WORKERS": "2"}
+
+
+@pytest.fixture
+def two_servers(server_settings: Settings) -> Iterator[tuple[LineupServer, LineupServer]]:
+    first = LineupServer(server_settings, server_settings.data_dir / "first.log")
+    second_settings = dataclasses.replace(server_settings, port=free_port())
+    second = LineupServer(second_settings, server_settings.data_dir / "second.log")
+    try:
+        first.start()  # started first, so it wins the projector election
+        second.start()
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+def eventually_listed(server: LineupServer, owner: str, event_id: str, expected: int, timeout: float = 10.0) -> list:
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = httpx.get(f"{server.base_url}/events/{event_id}/queue", headers=server.headers(owner)).json()
+        if len(listed) >= expected or time.monotonic() > deadline:
+            return listed
+        time.sleep(0.1)
+
+
+def test_a_command_on_one_process_is_read_on_the_other(two_servers: tuple[LineupServer, LineupServer]) -> None:
+    first, second = two_servers
+    event_id, owner = f"ev-{uuid.uuid4().hex[:8]}", f"owner-{uuid.uuid4().hex[:8]}"
+    assert (
+        httpx.post(
+            f"{first.base_url}/events/{event_id}/queue", json={"name": "Both"}, headers=first.headers(owner)
+        ).status_code
+        == 201
+    )
+    users = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    for n, user in enumerate(users):
+        server = (first, second)[n % 2]
+        response = httpx.post(f"{server.base_url}/events/{event_id}/queue/join", headers=server.headers(user))
+        assert response.status_code == 201, response.text
+        assert response.json()["position"] == n + 1
+        # read-your-writes across processes: the other process's GET already sees it
+        other = (second, first)[n % 2]
+        mine = httpx.get(f"{other.base_url}/users/{user}/queue", headers=other.headers(user)).json()
+        assert [entry["position"] for entry in mine] == [n + 1]
+    listed = httpx.get(f"{second.base_url}/events/{event_id}/queue", headers=second.headers(owner)).json()
+    assert [entry["user_id"] for entry in listed] == users
+
+
+def test_when_the_projecting_process_dies_the_other_takes_over(two_servers: tuple[LineupServer, LineupServer]) -> None:
+    first, second = two_servers
+    event_id, owner = f"ev-{uuid.uuid4().hex[:8]}", f"owner-{uuid.uuid4().hex[:8]}"
+    assert (
+        httpx.post(
+            f"{second.base_url}/events/{event_id}/queue", json={"name": "Crash"}, headers=second.headers(owner)
+        ).status_code
+        == 201
+    )
+    before = httpx.post(f"{second.base_url}/events/{event_id}/queue/join", headers=second.headers("before"))
+    assert before.status_code == 201
+    assert first.process is not None
+    first.process.kill()  # SIGKILL: no clean-up; its session (and the projector lock) ends with it
+    first.process.wait(10)
+    first.process = None
+    after = httpx.post(f"{second.base_url}/events/{event_id}/queue/join", headers=second.headers("after"))
+    assert after.status_code == 201
+    listed = eventually_listed(second, owner, event_id, expected=2)
+    assert [entry["user_id"] for entry in listed] == ["before", "after"]
+    ready = httpx.get(f"{second.base_url}/ready")
+    assert ready.status_code == 200, ready.text
+
+
+def test_two_workers_behind_one_port_serve_every_join_once(server_settings: Settings) -> None:
+    settings = dataclasses.replace(server_settings, port=free_port())
+    server = WorkersServer(settings, settings.data_dir / "workers.log")
+    try:
+        server.start()
+        event_id, owner = f"ev-{uuid.uuid4().hex[:8]}", f"owner-{uuid.uuid4().hex[:8]}"
+        opened = httpx.post(
+            f"{server.base_url}/events/{event_id}/queue", json={"name": "W"}, headers=server.headers(owner)
+        )
+        assert opened.status_code == 201
+        users = [f"w-{n}" for n in range(40)]
+
+        def join(user: str) -> int:
+            with httpx.Client(base_url=server.base_url) as client:  # a new connection per user
+                response = client.post(f"/events/{event_id}/queue/join", headers=server.headers(user))
+                assert response.status_code == 201, response.text
+                return int(response.json()["position"])
+
+        with ThreadPoolExecutor(8) as pool:
+            positions = list(pool.map(join, users))
+        assert sorted(positions) == list(range(1, len(users) + 1))
+        listed = eventually_listed(server, owner, event_id, expected=len(users))
+        assert sorted(entry["user_id"] for entry in listed) == sorted(users)
+        assert server.stop() == 0  # SIGTERM stops both workers and the supervisor cleanly
+    finally:
+        server.stop()

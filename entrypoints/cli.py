@@ -57,6 +57,7 @@ def serve() -> None:
 
     from entrypoints.bootstrap import build
     from entrypoints.http import create_app
+    from entrypoints.workers import GracefulServer
 
     settings = Settings.from_env()
     _logging(settings.log_level)
@@ -77,7 +78,7 @@ def serve() -> None:
             proxy_headers=False,  # nothing reads the client address; saves work per request
         )
         logging.getLogger("lineup").info("listening on http://%s:%d", settings.host, settings.port)
-        uvicorn.Server(config).run()
+        GracefulServer(config).run()
     finally:
         container.close()
 
@@ -129,7 +130,7 @@ def token(user_id: str, role: str, ttl: int) -> None:
     from entrypoints.bootstrap import jwt_secret
 
     settings = Settings.from_env()
-    _logging("error")
+    _logging("warning")  # on stderr: which secret signed it, when none is configured
     click.echo(issue(jwt_secret(settings), user_id, role=role, ttl=ttl))
 
 

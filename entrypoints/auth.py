@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,6 +10,7 @@ import jwt
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.security.jwt import JWTAuth, Token
+from litestar.security.jwt.token import JWTDecodeOptions
 
 from domain.commands import Caller
 
@@ -23,8 +25,16 @@ class LineupToken(Token):
     """Litestar's Token, but `iat` is optional and `exp` is honoured when present (the contract)."""
 
     @classmethod
-    def decode_payload(cls, encoded_token: str, secret: str, algorithms: list[str], **kwargs: Any) -> Any:
-        payload = super().decode_payload(encoded_token, secret, algorithms, **kwargs)
+    def decode_payload(  # noqa: PLR0913
+        cls,
+        encoded_token: str,
+        secret: str,
+        algorithms: list[str],
+        issuer: str | Sequence[str] | None = None,
+        audience: str | Sequence[str] | None = None,
+        options: JWTDecodeOptions | None = None,
+    ) -> Any:
+        payload = super().decode_payload(encoded_token, secret, algorithms, issuer, audience, options)
         if isinstance(payload, dict):
             now = datetime.now(UTC).timestamp()
             iat = payload.get("iat")

@@ -42,7 +42,8 @@ def projection_status(
         if position < head:
             pending = app.recorder.select_notifications(start=position, limit=1, inclusive_of_start=False)
             if pending:
-                written = app.mapper.to_domain_event(pending[0]).timestamp.timestamp()
+                event: Any = app.mapper.to_domain_event(pending[0])
+                written = event.timestamp.timestamp()
                 lag_seconds = max(0.0, time.time() - written)
         statuses.append(ProjectionStatus(name, position, max(0, head - position), lag_seconds))
     return head, statuses

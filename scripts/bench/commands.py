@@ -34,7 +34,7 @@ import httpload
 import pgbaseline
 import psycopg
 import wrkload
-from server import Server, free_port, machine_busy, postgres_cpu, process_cpu
+from server import Server, free_port, machine_busy, postgres_cpu, tree_cpu
 
 from entrypoints.auth import issue
 
@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tokens", type=int, default=0, help="distinct users to pre-generate (default: 12,000 per second, min 20,000)"
     )
+    parser.add_argument("--workers", type=int, default=2, help="LINEUP_WORKERS for the server (default 2: both cores)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.clients < 1 or args.baseline_clients < 1:
         parser.error("--seconds, --clients and --baseline-clients must be positive")
@@ -148,9 +149,9 @@ def drop_schema(url: str, schema: str) -> None:
 def measure_project(args: argparse.Namespace, server: Server, secret: str, workdir: Path) -> dict[str, Any]:
     event_id = f"bench-{secrets.token_hex(4)}"
     open_queue(server, secret, event_id)
-    cpu_before = (process_cpu(server.process.pid), postgres_cpu(), *machine_busy())
+    cpu_before = (tree_cpu(server.process.pid), postgres_cpu(), *machine_busy())
     load = drive_load(args, server, secret, event_id, workdir)
-    cpu_after = (process_cpu(server.process.pid), postgres_cpu(), *machine_busy())
+    cpu_after = (tree_cpu(server.process.pid), postgres_cpu(), *machine_busy())
     metrics = server.metrics()
     window = load.seconds
     cpu = {
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline, runs = run_baseline(args, schema)
         pgbaseline.drop_scratch_table(args.database_url, schema)
         port = args.port or free_port(HOST)
-        print(f"server: lineup serve on {HOST}:{port} ...", flush=True)
+        os.environ["LINEUP_WORKERS"] = str(args.workers)  # Server.start passes the environment on
+        print(f"server: lineup serve on {HOST}:{port} with {args.workers} worker(s) ...", flush=True)
         started = time.monotonic()
         server = Server.start(
             database_url=args.database_url, schema=schema, secret=secret, host=HOST, port=port, workdir=workdir

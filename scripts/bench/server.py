@@ -129,6 +129,20 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its direct children (the workers of `lineup serve`)."""
+    total = process_cpu(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(pid):
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                total += process_cpu(int(entry.name))
+    return total
+
+
 def postgres_cpu() -> float:
     """CPU seconds used so far by every process named `postgres` on this machine (server and backends)."""
     total = 0.0

@@ -27,7 +27,7 @@ from domain.commands import (
     PauseQueue,
     ResumeQueue,
 )
-from domain.queue import EntryView
+from domain.queue import EntryView, queue_id_for
 from entrypoints.bootstrap import TRACKING_TABLE, Container, build, tracking_recorder
 from entrypoints.settings import Settings
 from projections.queues import QueuesProjection
@@ -170,3 +170,29 @@ def test_rebuild_from_zero_is_byte_identical_to_incremental(container: Container
     assert dump(container) != live
     new_runner(container, batch_size=1000).catch_up()
     assert dump(container) == live
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_read_model_answers_what_the_aggregates_hold(container: Container, seed: int) -> None:
+    """After random histories, every queue's live list, positions and times equal its aggregate's."""
+    random_history(container, seed)
+    container.runners[0].catch_up()
+    compared = 0
+    for event_id in ("ev0", "ev1", "ev2"):
+        queue = container.reader.summary(event_id)
+        assert queue is not None
+        aggregate = container.queues.repository.get(queue_id_for(event_id))
+        expected = [aggregate.entry(entry_id) for entry_id in aggregate.waiting]
+        listed = [entry for entry in container.reader.event_entries(queue) if entry.status == "waiting"]
+        assert listed == expected
+        assert (queue["status"], queue["waiting"], queue["average_ms"]) == (
+            aggregate.status,
+            len(aggregate.waiting),
+            aggregate.average_ms,
+        )
+        called = {entry.entry_id for entry in container.reader.event_entries(queue) if entry.status == "called"}
+        assert called == set(aggregate.called)
+        for entry in expected:
+            assert entry in container.reader.user_entries(entry.user_id)
+        compared += len(expected)
+    assert compared > 0, "the history should leave somebody waiting"

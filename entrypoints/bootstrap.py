@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from adapters.committer import GroupCommitter
 from adapters.embedded import EmbeddedPostgres
+from adapters.postgres import changes
 from adapters.postgres import queues as queues_tables
 from adapters.postgres.database import Database
 from adapters.postgres.locks import QueueLocks
@@ -65,6 +66,7 @@ def migrate(settings: Settings, database: Database) -> Queues:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
             queues = event_store(settings, database, create_tables=True)
+            conn.execute(changes.DDL)
             conn.execute(queues_tables.DDL)
             tracking_recorder(queues).create_table()
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from adapters.postgres import changes
 from domain.queue import CALLED, CANCELLED, CLOSED, CLOSED_REASON, WAITING, EntryView, estimated_time
 from projections.queues import QueuesWriter
 
@@ -44,6 +45,20 @@ CREATE INDEX IF NOT EXISTS queue_entries_live ON queue_entries (queue_id, seq)
     WHERE status IN ('waiting', 'called');
 CREATE INDEX IF NOT EXISTS queue_entries_waiting ON queue_entries (queue_id, seq) WHERE status = 'waiting';
 CREATE INDEX IF NOT EXISTS queue_entries_user ON queue_entries (user_id) WHERE status IN ('waiting', 'called');
+"""
+
+
+# The `queue.summary` row exactly as the HTTP API answers it, one change per touched queue.
+SUMMARY_CHANGES = """
+INSERT INTO change_feed (cursor, query, args, key, op, row)
+SELECT h.cursor - %(n)s + row_number() OVER (ORDER BY s.queue_id), 'queue.summary', s.event_id, s.event_id, 'upsert',
+    jsonb_build_object(
+        'event_id', s.event_id, 'name', s.name, 'status', s.status,
+        'waiting', (SELECT count(*) FROM queue_entries e WHERE e.queue_id = s.queue_id AND e.status = 'waiting'),
+        'avg_service_seconds', (s.average_ms / 1000.0)::float8, 'owner_id', s.owner_id,
+        'capacity', s.capacity, 'requires_payment', s.requires_payment)
+FROM change_feed_head h, queue_summary s
+WHERE s.queue_id = ANY(%(ids)s)
 """
 
 
@@ -119,8 +134,15 @@ class PostgresQueuesWriter(QueuesWriter):
         )
 
     def flush(self) -> None:
+        """Once per batch: each touched queue's latest event time, and its summary on the change feed."""
+        if not self._touched:
+            return
         for queue_id, at in self._touched.items():
             self.cursor.execute("UPDATE queue_summary SET last_event_at = %s WHERE queue_id = %s", (at, queue_id))
+        queue_ids = sorted(self._touched)
+        self.cursor.execute(changes.ADVANCE, {"n": len(queue_ids)})
+        self.cursor.execute(SUMMARY_CHANGES, {"n": len(queue_ids), "ids": queue_ids})
+        self.cursor.execute(changes.NOTIFY)
         self._touched.clear()
 
 

@@ -1,0 +1,85 @@
+"""The change feed: read-model row changes under one global, commit-ordered cursor.
+
+A `bigserial` is not commit-ordered: two transactions take 7 and 8, 8 commits first, a reader
+paging `cursor > 6` sees 8, moves its mark past 7, and never sees 7. Here every transaction that
+appends changes first moves the single `change_feed_head` row forward by the number of changes it
+writes; the row lock it takes is held until commit, so the next writer gets its cursors only
+after this one has committed (or rolled back). Commit order equals cursor order, and a reader that
+pages by cursor never skips a change. The statements return nothing, so they travel in the
+projection's pipeline with the rest of its batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+CHANNEL = "lineup_changes"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS change_feed_head (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    cursor bigint NOT NULL
+);
+INSERT INTO change_feed_head (singleton, cursor) VALUES (true, 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS change_feed (
+    cursor bigint PRIMARY KEY,
+    query text NOT NULL,
+    args text NOT NULL,
+    key text NOT NULL,
+    op text NOT NULL CHECK (op IN ('upsert', 'remove')),
+    row jsonb,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS change_feed_recorded_at ON change_feed (recorded_at);
+"""
+
+# Moves the head by %(n)s; the INSERT ... SELECT that follows reads the moved head in the same
+# transaction and numbers its rows head - n + 1 ... head.
+ADVANCE = "UPDATE change_feed_head SET cursor = cursor + %(n)s"
+NOTIFY = "SELECT pg_notify('lineup_changes', cursor::text) FROM change_feed_head"
+
+
+def append(cursor: psycopg.Cursor[Any], changes: list[tuple[str, str, str, str, str | None]]) -> None:
+    """Append (query, args, key, op, row json) changes in the caller's transaction, in order."""
+    if not changes:
+        return
+    queries, args, keys, ops, rows = (list(column) for column in zip(*changes, strict=True))
+    cursor.execute(ADVANCE, {"n": len(changes)})
+    cursor.execute(
+        "INSERT INTO change_feed (cursor, query, args, key, op, row)"
+        " SELECT h.cursor - %(n)s + c.ord, c.query, c.args, c.key, c.op, c.row::jsonb"
+        " FROM change_feed_head h,"
+        " unnest(%(queries)s::text[], %(args)s::text[], %(keys)s::text[], %(ops)s::text[], %(rows)s::text[])"
+        " WITH ORDINALITY AS c(query, args, key, op, row, ord)",
+        {"n": len(changes), "queries": queries, "args": args, "keys": keys, "ops": ops, "rows": rows},
+    )
+    cursor.execute(NOTIFY)
+
+
+class ChangeFeed:
+    """Reading the feed: its head, the oldest change kept, and pages after a cursor."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
+        self.pool = pool
+
+    def head(self) -> int:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT cursor FROM change_feed_head").fetchone()
+        return int(row["cursor"]) if row else 0
+
+    def oldest(self) -> int | None:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT min(cursor) AS oldest FROM change_feed").fetchone()
+        return row["oldest"] if row else None
+
+    def after(self, cursor: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Changes with a greater cursor, oldest first."""
+        with self.pool.connection() as conn:
+            return conn.execute(
+                "SELECT cursor, query, args, key, op, row FROM change_feed WHERE cursor > %s ORDER BY cursor LIMIT %s",
+                (cursor, limit),
+            ).fetchall()

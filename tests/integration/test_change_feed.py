@@ -1,0 +1,138 @@
+"""The change feed's cursor is commit-ordered: a reader paging `cursor > last` never skips a change."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from adapters.postgres import changes
+from adapters.postgres.database import Database
+from entrypoints.bootstrap import Container, build
+from entrypoints.settings import Settings
+
+
+@pytest.fixture
+def container(settings: Settings) -> Iterator[Container]:
+    built = build(settings, projectors=False)
+    yield built
+    built.close()
+
+
+def connect(container: Container) -> psycopg.Connection[Any]:
+    return psycopg.connect(**container.database.params(), row_factory=dict_row)
+
+
+def change(n: int) -> tuple[str, str, str, str, str | None]:
+    return ("test.query", "args", f"key-{n}", "upsert", json.dumps({"n": n}))
+
+
+def test_a_naive_bigserial_skips_a_change_that_commits_late(container: Container) -> None:
+    """The failure this design exists to prevent, shown deterministically with two transactions."""
+    database: Database = container.database
+    with database.connect() as admin:
+        admin.execute("CREATE TABLE naive_feed (cursor bigserial PRIMARY KEY, key text)")
+    with connect(container) as slow, connect(container) as fast, database.connect() as reader:
+        slow.execute("INSERT INTO naive_feed (key) VALUES ('slow')")  # takes cursor 1, commits later
+        fast.execute("INSERT INTO naive_feed (key) VALUES ('fast')")  # takes cursor 2
+        fast.commit()
+        seen = [row["cursor"] for row in reader.execute("SELECT cursor FROM naive_feed WHERE cursor > 0")]
+        last = max(seen)
+        slow.commit()
+        seen += [row["cursor"] for row in reader.execute("SELECT cursor FROM naive_feed WHERE cursor > %s", (last,))]
+        assert seen == [2], "the reader moved past 1 before it committed, and never saw it"
+
+
+def test_the_change_feed_makes_a_late_committer_hold_back_the_next(container: Container) -> None:
+    feed = changes.ChangeFeed(container.pool)
+    with connect(container) as slow, connect(container) as fast:
+        changes.append(slow.cursor(), [change(1)])  # holds the head row until it commits
+        done = threading.Event()
+
+        def write_fast() -> None:
+            changes.append(fast.cursor(), [change(2)])  # waits for the head row
+            fast.commit()
+            done.set()
+
+        thread = threading.Thread(target=write_fast)
+        thread.start()
+        time.sleep(0.2)
+        assert not done.is_set(), "the second writer got a cursor before the first committed"
+        assert feed.after(0) == []  # nothing is visible, so a reader cannot move past anything
+        slow.commit()
+        thread.join(5)
+    assert [(row["cursor"], row["key"]) for row in feed.after(0)] == [(1, "key-1"), (2, "key-2")]
+
+
+def test_concurrent_writers_and_a_paging_reader_never_skip(container: Container) -> None:
+    feed = changes.ChangeFeed(container.pool)
+    writers, transactions = 8, 25
+    finished = threading.Event()
+    seen: list[int] = []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        with connect(container) as conn:
+            for n in range(transactions):
+                changes.append(conn.cursor(), [change(seed * 1000 + n * 10 + i) for i in range(rng.randint(1, 3))])
+                time.sleep(rng.random() / 500)  # commit late, sometimes
+                conn.commit()
+
+    def read() -> None:
+        last = 0
+        while True:
+            done = finished.is_set()
+            page = feed.after(last)
+            for row in page:
+                seen.append(row["cursor"])
+                last = row["cursor"]
+            if done and not page:
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    threads = [threading.Thread(target=write, args=(seed,)) for seed in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    finished.set()
+    reader.join(30)
+    head = feed.head()
+    assert head >= writers * transactions
+    assert seen == list(range(1, head + 1))  # every cursor, once, in order
+
+
+def test_the_queues_projection_puts_each_touched_summary_on_the_feed(container: Container) -> None:
+    from domain.commands import Caller, JoinQueue, OpenQueue, PauseQueue
+
+    owner = Caller("owner")
+    container.queues.execute([OpenQueue("a", owner, "A", capacity=5), OpenQueue("b", owner, "B")], 1_000)
+    container.runners[0].catch_up()
+    container.queues.execute([JoinQueue("a", Caller("u1"), "x1"), JoinQueue("a", Caller("u2"), "x2")], 2_000)
+    container.queues.execute([PauseQueue("a", owner)], 3_000)
+    container.runners[0].catch_up()
+    rows = changes.ChangeFeed(container.pool).after(0)
+    assert {row["query"] for row in rows} == {"queue.summary"}
+    # one change per touched queue per projection batch: the open batch, then one for a's two batches
+    assert sorted(row["key"] for row in rows[:2]) == ["a", "b"]
+    assert [row["key"] for row in rows[2:]] == ["a"]
+    summary = container.reader.summary("a")
+    assert summary is not None
+    assert rows[-1]["row"] == {
+        "event_id": "a",
+        "name": "A",
+        "status": "paused",
+        "waiting": 2,
+        "avg_service_seconds": 300,
+        "owner_id": "owner",
+        "capacity": 5,
+        "requires_payment": False,
+    }

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS queue_summary (
     capacity integer,
     requires_payment boolean NOT NULL,
     status text NOT NULL,
+    waiting integer NOT NULL DEFAULT 0,
     average_ms bigint NOT NULL,
     opened_at bigint NOT NULL,
     last_event_at bigint NOT NULL
@@ -54,7 +55,7 @@ INSERT INTO change_feed (cursor, query, args, key, op, row)
 SELECT h.cursor - %(n)s + row_number() OVER (ORDER BY s.queue_id), 'queue.summary', s.event_id, s.event_id, 'upsert',
     jsonb_build_object(
         'event_id', s.event_id, 'name', s.name, 'status', s.status,
-        'waiting', (SELECT count(*) FROM queue_entries e WHERE e.queue_id = s.queue_id AND e.status = 'waiting'),
+        'waiting', s.waiting,
         'avg_service_seconds', (s.average_ms / 1000.0)::float8, 'owner_id', s.owner_id,
         'capacity', s.capacity, 'requires_payment', s.requires_payment)
 FROM change_feed_head h, queue_summary s
@@ -90,7 +91,7 @@ class PostgresQueuesWriter(QueuesWriter):
             " status, average_ms, opened_at, last_event_at) VALUES (%s, %s, %s, %s, %s, %s, 'open', %s, %s, %s)"
             " ON CONFLICT (queue_id) DO UPDATE SET owner_id = excluded.owner_id, name = excluded.name,"
             " capacity = excluded.capacity, requires_payment = excluded.requires_payment, status = 'open',"
-            " average_ms = excluded.average_ms, opened_at = excluded.opened_at",
+            " waiting = 0, average_ms = excluded.average_ms, opened_at = excluded.opened_at",
             (queue_id, event_id, owner_id, name, capacity, requires_payment, service_ms, at, at),
         )
         self._touched[queue_id] = at
@@ -103,15 +104,22 @@ class PostgresQueuesWriter(QueuesWriter):
             " finished_at = NULL, seq = excluded.seq, joined_at = excluded.joined_at",
             (entry_id, user_id, seq, at, queue_id),
         )
+        self.cursor.execute("UPDATE queue_summary SET waiting = waiting + 1 WHERE queue_id = %s", (queue_id,))
         self._touched[queue_id] = at
 
     def entry_called(self, queue_id: UUID, entry_id: str, at: int) -> None:
         self.cursor.execute(
             "UPDATE queue_entries SET status = %s, called_at = %s WHERE entry_id = %s", (CALLED, at, entry_id)
         )
+        self.cursor.execute("UPDATE queue_summary SET waiting = waiting - 1 WHERE queue_id = %s", (queue_id,))
         self._touched[queue_id] = at
 
     def entry_finished(self, queue_id: UUID, entry_id: str, status: str, reason: str | None, at: int) -> None:
+        self.cursor.execute(  # before the entry changes: was it still waiting?
+            "UPDATE queue_summary SET waiting = waiting - (SELECT count(*) FROM queue_entries"
+            " WHERE entry_id = %s AND status = 'waiting') WHERE queue_id = %s",
+            (entry_id, queue_id),
+        )
         self.cursor.execute(
             "UPDATE queue_entries SET status = %s, reason = %s, finished_at = %s WHERE entry_id = %s",
             (status, reason, at, entry_id),
@@ -128,6 +136,7 @@ class PostgresQueuesWriter(QueuesWriter):
 
     def queue_closed(self, queue_id: UUID, at: int) -> None:
         self.status_changed(queue_id, CLOSED, at)
+        self.cursor.execute("UPDATE queue_summary SET waiting = 0 WHERE queue_id = %s", (queue_id,))
         self.cursor.execute(
             "UPDATE queue_entries SET status = %s, reason = %s, finished_at = %s WHERE queue_id = %s AND status = %s",
             (CANCELLED, CLOSED_REASON, at, queue_id, WAITING),
@@ -155,8 +164,7 @@ class QueuesReader:
     def summary(self, event_id: str) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
             return conn.execute(
-                "SELECT s.*, (SELECT count(*) FROM queue_entries e WHERE e.queue_id = s.queue_id"
-                " AND e.status = 'waiting') AS waiting FROM queue_summary s WHERE s.event_id = %s",
+                "SELECT * FROM queue_summary WHERE event_id = %s",
                 (event_id,),
             ).fetchone()
 

@@ -57,10 +57,11 @@ def serve() -> None:
 
     from entrypoints.bootstrap import build
     from entrypoints.http import create_app
-    from entrypoints.workers import GracefulServer
+    from entrypoints.workers import GracefulServer, check_port
 
     settings = Settings.from_env()
     _logging(settings.log_level)
+    check_port(settings.host, settings.port)
     if settings.workers > 1:
         _serve_workers(settings)
         return

@@ -66,9 +66,21 @@ def _worker(env: dict[str, str], host: str, port: int, log_level: str) -> None:
     GracefulServer(config).run(sockets=[_listening_socket(host, port)])
 
 
+class PortUnavailableError(ValueError):
+    """`lineup serve` cannot listen where it was told to."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail fast, before starting anything, when the address cannot be bound."""
+    try:
+        _listening_socket(host, port).close()
+    except OSError as error:
+        msg = f"cannot listen on {host}:{port}: {error.strerror or error}"
+        raise PortUnavailableError(msg) from None
+
+
 def run_workers(count: int, env: dict[str, str], host: str, port: int, log_level: str) -> None:
     """Start `count` workers and keep them running until SIGTERM or SIGINT, then stop them all."""
-    _listening_socket(host, port).close()  # fail fast, in this process, when the port is taken
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}

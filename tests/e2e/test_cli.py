@@ -110,3 +110,17 @@ def test_serve_on_the_embedded_default_keeps_state_and_stops_its_server(short_di
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def test_serve_on_a_taken_port_exits_2_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            env = {"LINEUP_DATA_DIR": str(tmp_path), "LINEUP_PORT": str(port), "LINEUP_WORKERS": workers}
+            done = run("serve", env={**env, "LINEUP_JWT_SECRET": "x" * 32})
+            assert done.returncode == 2
+            assert done.stderr.strip().splitlines()[-1].startswith(f"lineup: cannot listen on 127.0.0.1:{port}")

@@ -15,7 +15,7 @@ from litestar.security.jwt.token import JWTDecodeOptions
 from domain.commands import Caller
 
 ROLES = ("user", "service")
-PUBLIC_PATHS = ["^/health", "^/ready", "^/metrics", "^/schema", "^/api/webhooks"]
+PUBLIC_PATHS = ["^/health", "^/ready", "^/metrics", "^/schema", "^/api/webhooks", "^/ws"]  # /ws: auth in-band
 
 
 NO_EXPIRY = timedelta(days=3650)
@@ -52,9 +52,12 @@ def caller_from(token: Token) -> Caller:
     return Caller(token.sub, is_service=role == "service")
 
 
-def decode(encoded: str, secret: str) -> Caller:
-    """Verify a token (signature, expiry) and return who it names; raises NotAuthorizedException."""
-    return caller_from(LineupToken.decode(encoded, secret, "HS256"))
+def decode(encoded: str, secret: str) -> tuple[Caller, float]:
+    """Verify a token (signature, expiry): who it names and when it expires (epoch seconds).
+
+    Raises NotAuthorizedException."""
+    token = LineupToken.decode(encoded, secret, "HS256")
+    return caller_from(token), token.exp.timestamp()
 
 
 def issue(secret: str, user_id: str, *, role: str = "user", ttl: int = 3600) -> str:

@@ -15,9 +15,11 @@ from psycopg_pool import ConnectionPool
 
 from adapters.committer import GroupCommitter
 from adapters.embedded import EmbeddedPostgres
+from adapters.fanout import Hub
 from adapters.postgres import changes
 from adapters.postgres import queues as queues_tables
 from adapters.postgres.database import Database
+from adapters.postgres.feed import FeedReader
 from adapters.postgres.locks import QueueLocks
 from adapters.postgres.projector import ProjectionRunner, ProjectorThread
 from adapters.postgres.queues import PostgresQueuesWriter, QueuesReader
@@ -98,6 +100,8 @@ class Container:
     progress: Progress
     runners: list[ProjectionRunner[Any]]
     locks: QueueLocks
+    hub: Hub
+    feed_reader: FeedReader
     jwt_secret: str
     projector: ProjectorThread | None = None
     _closed: bool = field(default=False, repr=False)
@@ -146,6 +150,8 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
             progress=progress,
             runners=runners,
             locks=locks,
+            hub=Hub(),
+            feed_reader=FeedReader(pool),
             jwt_secret=jwt_secret(settings),
         )
         if projectors:

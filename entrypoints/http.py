@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.security.jwt import Token
 
+from adapters.postgres.feed import FeedFollower
 from domain.commands import (
     Caller,
     CallNext,
@@ -36,6 +37,7 @@ from entrypoints.auth import jwt_auth, require_self
 from entrypoints.bootstrap import Container
 from entrypoints.errors import EXCEPTION_HANDLERS
 from entrypoints.ops import health, metrics, ready
+from entrypoints.ws import live
 
 MAX_BODY = 64 * 1024
 READ_YOUR_WRITES_TIMEOUT = 2.0
@@ -204,8 +206,9 @@ def user_queue(user_id: str, request: CallerRequest, container: Container) -> li
 def create_app(container: Container) -> Litestar:
     """The ASGI app over a built container (the caller owns the container's lifetime)."""
     auth = jwt_auth(container.jwt_secret)
+    follower = FeedFollower(container.database, container.hub)
     return Litestar(
-        route_handlers=[QueueController, user_queue, health, ready, metrics],
+        route_handlers=[QueueController, user_queue, health, ready, metrics, live],
         dependencies={"container": Provide(lambda: container, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
@@ -216,6 +219,7 @@ def create_app(container: Container) -> Litestar:
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), JsonRenderPlugin()],
         ),
-        on_shutdown=[container.close],  # uvicorn re-raises SIGTERM after shutdown: clean up here
+        on_startup=[follower.start],
+        on_shutdown=[follower.stop, container.close],
         debug=False,
     )

@@ -49,18 +49,20 @@ CREATE INDEX IF NOT EXISTS queue_entries_user ON queue_entries (user_id) WHERE s
 """
 
 
-# The `queue.summary` row exactly as the HTTP API answers it, one change per touched queue.
-SUMMARY_CHANGES = """
+# The `queue.summary` row exactly as the HTTP API answers it (for the change feed and snapshots).
+SUMMARY_ROW = """jsonb_build_object(
+    'event_id', s.event_id, 'name', s.name, 'status', s.status, 'waiting', s.waiting,
+    'avg_service_seconds', (s.average_ms / 1000.0)::float8, 'owner_id', s.owner_id,
+    'capacity', s.capacity, 'requires_payment', s.requires_payment)"""
+
+# One change per touched queue, numbered after the head that `changes.ADVANCE` has just moved.
+SUMMARY_CHANGES = f"""
 INSERT INTO change_feed (cursor, query, args, key, op, row)
 SELECT h.cursor - %(n)s + row_number() OVER (ORDER BY s.queue_id), 'queue.summary', s.event_id, s.event_id, 'upsert',
-    jsonb_build_object(
-        'event_id', s.event_id, 'name', s.name, 'status', s.status,
-        'waiting', s.waiting,
-        'avg_service_seconds', (s.average_ms / 1000.0)::float8, 'owner_id', s.owner_id,
-        'capacity', s.capacity, 'requires_payment', s.requires_payment)
+    {SUMMARY_ROW}
 FROM change_feed_head h, queue_summary s
 WHERE s.queue_id = ANY(%(ids)s)
-"""
+"""  # noqa: S608 - SUMMARY_ROW is a constant
 
 
 class PostgresQueuesWriter(QueuesWriter):

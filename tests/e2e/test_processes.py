@@ -117,3 +117,29 @@ def test_two_workers_behind_one_port_serve_every_join_once(server_settings: Sett
         assert server.stop() == 0  # SIGTERM stops both workers and the supervisor cleanly
     finally:
         server.stop()
+
+
+def test_a_command_on_one_process_reaches_a_socket_on_the_other(two_servers: tuple[LineupServer, LineupServer]) -> None:
+    import asyncio
+    import json
+
+    import websockets
+
+    first, second = two_servers
+    event_id = f"ev-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        async with websockets.connect(second.base_url.replace("http", "ws") + "/ws") as ws:
+            await ws.send(json.dumps({"type": "auth", "token": second.token("watcher")}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            sub = {"type": "subscribe", "id": "s", "query": "queue.summary", "args": {"event_id": event_id}}
+            await ws.send(json.dumps(sub))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["rows"] == []
+            opened = httpx.post(
+                f"{first.base_url}/events/{event_id}/queue", json={"name": "X"}, headers=first.headers("o")
+            )
+            assert opened.status_code == 201
+            change = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (change["type"], change["key"], change["row"]["name"]) == ("change", event_id, "X")
+
+    asyncio.run(scenario())

@@ -1,0 +1,135 @@
+"""Routing change-feed rows to WebSocket subscriptions: one encode per change, a bounded outbox per client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+_encode = msgspec.json.Encoder().encode
+RESET = "\x00reset"  # outbox marker: the frames before it were dropped; send fresh snapshots
+
+
+@dataclass(frozen=True)
+class Change:
+    cursor: int
+    query: str
+    args: str
+    key: str
+    op: str
+    row: Any
+
+
+def change_body(change: Change) -> str:
+    """Everything of a change frame after its subscription id, encoded once for all subscribers."""
+    body: dict[str, Any] = {"cursor": change.cursor, "op": change.op, "key": change.key}
+    if change.op == "upsert":
+        body["row"] = change.row
+    return _encode(body).decode()[1:]  # without the opening brace: frames are prefix + body
+
+
+def apply_changes(rows: dict[str, Any], changes: list[Change]) -> None:
+    """Bring snapshot rows (by key) forward by the given changes, in order."""
+    for change in changes:
+        if change.op == "remove":
+            rows.pop(change.key, None)
+        else:
+            rows[change.key] = change.row
+
+
+class Outbox:
+    """A client's bounded queue of frames. When it overflows the client is not cut off: its pending
+    frames are dropped and `lagging` is set, and once the queue has drained the session sends it
+    fresh snapshots (`reset: true`) of everything it follows."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.frames: asyncio.Queue[str] = asyncio.Queue()
+        self.limit = limit
+        self.lagging = False
+        self.sent_cursor = 0  # the highest cursor of any snapshot or change frame queued
+
+    def put(self, frame: str, cursor: int | None = None) -> None:
+        if cursor is not None:
+            self.sent_cursor = max(self.sent_cursor, cursor)
+        self.frames.put_nowait(frame)
+
+    def deliver(self, frame: str, cursor: int) -> None:
+        if self.lagging:
+            return
+        if self.frames.qsize() >= self.limit:
+            self.lagging = True
+            while not self.frames.empty():
+                self.frames.get_nowait()
+            self.frames.put_nowait(RESET)
+            return
+        self.put(frame, cursor)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One client subscription; `pending` ones buffer changes until their snapshot is sent."""
+
+    id: str | int
+    query: str
+    args: str
+    outbox: Outbox
+    prefix: str = ""
+    pending: bool = True
+    buffer: list[Change] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.prefix = '{"type":"change","id":' + _encode(self.id).decode() + ","
+
+    def deliver(self, change: Change, body: str) -> None:
+        if self.pending:
+            self.buffer.append(change)
+        else:
+            self.outbox.deliver(self.prefix + body, change.cursor)
+
+
+class Hub:
+    """Every change of this process's feed follower goes through here, in cursor order."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], set[Subscription]] = {}
+        self.dispatched = 0
+        self._advanced = asyncio.Event()
+
+    def add(self, subscription: Subscription) -> None:
+        self.groups.setdefault((subscription.query, subscription.args), set()).add(subscription)
+
+    def discard(self, subscription: Subscription) -> None:
+        group = self.groups.get((subscription.query, subscription.args))
+        if group is not None:
+            group.discard(subscription)
+            if not group:
+                del self.groups[(subscription.query, subscription.args)]
+
+    def dispatch(self, change: Change) -> None:
+        group = self.groups.get((change.query, change.args))
+        if group:
+            body = change_body(change)
+            for subscription in group:
+                subscription.deliver(change, body)
+        self.advance(change.cursor)
+
+    def advance(self, cursor: int) -> None:
+        if cursor > self.dispatched:
+            self.dispatched = cursor
+            self._advanced.set()
+
+    async def reached(self, cursor: int, timeout: float) -> bool:
+        """Wait until every change up to `cursor` has been dispatched here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.dispatched < cursor:
+            self._advanced.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+        return True

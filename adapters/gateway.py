@@ -1,0 +1,272 @@
+"""The `/ws` protocol: auth, subscriptions, snapshots at a known cursor, live changes, resume, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from adapters.fanout import RESET, Change, Hub, Outbox, Subscription, apply_changes, change_body
+from adapters.postgres.feed import SNAPSHOTS, FeedReader
+
+log = logging.getLogger(__name__)
+
+AUTH_TIMEOUT = 10.0
+EXPIRED_GRACE = 30.0
+MAX_SUBSCRIPTIONS = 100
+SNAPSHOT_WAIT = 10.0
+CLOSE_MALFORMED, CLOSE_UNAUTHENTICATED, CLOSE_AUTH_TIMEOUT, CLOSE_TOO_MANY = 4400, 4401, 4408, 4429
+
+
+class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
+    """Client frames are JSON objects tagged by "type"; unknown fields are malformed."""
+
+
+class Auth(Frame, tag="auth"):
+    token: str
+
+
+class Subscribe(Frame, tag="subscribe"):
+    id: str | int
+    query: str
+    args: dict[str, Any] = {}
+    after: int | None = None
+
+
+class Unsubscribe(Frame, tag="unsubscribe"):
+    id: str | int
+
+
+class Ping(Frame, tag="ping"):
+    pass
+
+
+Inbound = Auth | Subscribe | Unsubscribe | Ping
+_decoder: msgspec.json.Decoder[Inbound] = msgspec.json.Decoder(Inbound)
+_encode = msgspec.json.Encoder().encode
+
+
+class Socket(Protocol):
+    async def receive_text(self) -> str: ...
+    async def send_text(self, data: str) -> None: ...
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    is_service: bool
+    expires_at: float
+
+
+class AuthError(Exception):
+    """The token was refused."""
+
+
+Verify = Callable[[str], Identity]  # raises AuthError
+
+
+def frame(**fields: Any) -> str:
+    return _encode(fields).decode()
+
+
+class Closed(Exception):
+    """The session has ended (we closed it, or the peer went away)."""
+
+
+class Session:
+    """One WebSocket connection: many subscriptions, frames in cursor order, one outbox."""
+
+    def __init__(self, socket: Socket, hub: Hub, reader: FeedReader, verify: Verify) -> None:
+        self.socket, self.hub, self.reader, self.verify = socket, hub, reader, verify
+        self.outbox = Outbox()
+        self.subscriptions: dict[str | int, Subscription] = {}
+        self.identity: Identity | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            await self._authenticate()
+            while True:
+                try:
+                    text = await self.socket.receive_text()
+                except Exception:  # the peer closed or went away
+                    return
+                await self._handle(text)
+        except Closed:
+            pass
+        finally:
+            for subscription in self.subscriptions.values():
+                self.hub.discard(subscription)
+            for task in [sender, *self._tasks, *([self._expiry] if self._expiry else [])]:
+                task.cancel()
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self.socket.close(code=code, reason=reason)
+        raise Closed
+
+    # Inbound ------------------------------------------------------------------------------
+
+    async def _authenticate(self) -> None:
+        try:
+            text = await asyncio.wait_for(self.socket.receive_text(), AUTH_TIMEOUT)
+        except TimeoutError:
+            await self.close(CLOSE_AUTH_TIMEOUT, "no auth frame within 10 s")
+        except Exception:  # gone before saying anything
+            raise Closed from None
+        message = await self._decode(text)
+        if not isinstance(message, Auth):
+            await self.close(CLOSE_UNAUTHENTICATED, "the first frame must be auth")
+        assert isinstance(message, Auth)
+        await self._accept_token(message.token)
+        self.outbox.put(frame(type="ready", cursor=self.hub.dispatched))
+
+    async def _accept_token(self, token: str) -> None:
+        try:
+            identity = self.verify(token)
+        except AuthError as error:
+            await self.close(CLOSE_UNAUTHENTICATED, f"invalid token: {error}")
+            raise  # unreachable: close raises Closed
+        if self.identity is not None and identity.user_id != self.identity.user_id:
+            await self.close(CLOSE_UNAUTHENTICATED, "a refreshed token must name the same user")
+        self.identity = identity
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.create_task(self._expire(identity.expires_at))
+
+    async def _decode(self, text: str) -> Inbound:
+        try:
+            return _decoder.decode(text)
+        except msgspec.DecodeError as error:
+            await self.close(CLOSE_MALFORMED, f"malformed frame: {error}"[:120])
+            raise  # unreachable
+
+    async def _handle(self, text: str) -> None:
+        message = await self._decode(text)
+        if isinstance(message, Ping):
+            self.outbox.put(frame(type="pong"))
+        elif isinstance(message, Auth):
+            await self._accept_token(message.token)
+        elif isinstance(message, Unsubscribe):
+            subscription = self.subscriptions.pop(message.id, None)
+            if subscription is not None:
+                self.hub.discard(subscription)
+        else:
+            await self._subscribe(message)
+
+    async def _subscribe(self, message: Subscribe) -> None:
+        if message.query not in SNAPSHOTS:
+            self._error(message.id, "unknown_query", f"no live query named {message.query!r}")
+            return
+        args = message.args.get("event_id")
+        if set(message.args) != {"event_id"} or not isinstance(args, str) or not args:
+            self._error(message.id, "bad_args", 'queue.summary takes {"event_id": "..."}')
+            return
+        if message.id not in self.subscriptions and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            await self.close(CLOSE_TOO_MANY, f"more than {MAX_SUBSCRIPTIONS} subscriptions")
+        old = self.subscriptions.pop(message.id, None)
+        if old is not None:
+            self.hub.discard(old)
+        subscription = Subscription(message.id, message.query, args, self.outbox)
+        self.subscriptions[message.id] = subscription
+        self.hub.add(subscription)  # buffering from now on, before anything is read
+        self._spawn(self._start(subscription, message.after))
+
+    def _error(self, sub_id: str | int | None, code: str, detail: str) -> None:
+        self.outbox.put(frame(type="error", id=sub_id, error=code, detail=detail))
+
+    # Snapshots and catch-up -------------------------------------------------------------------
+
+    async def _start(self, subscription: Subscription, after: int | None) -> None:
+        if after is not None and await self._resume(subscription, after):
+            return
+        await self._snapshot(subscription, reset=after is not None)
+
+    async def _snapshot(self, subscription: Subscription, *, reset: bool) -> None:
+        cursor, rows = await asyncio.to_thread(self.reader.snapshot, subscription.query, subscription.args)
+        await self.hub.reached(cursor, SNAPSHOT_WAIT)
+        # No await from here on: nothing can be dispatched in between.
+        if self.subscriptions.get(subscription.id) is not subscription:
+            return  # unsubscribed meanwhile
+        apply_changes(rows, [c for c in subscription.buffer if c.cursor > cursor])
+        at = max(cursor, self.hub.dispatched, self.outbox.sent_cursor)
+        snapshot = frame(type="snapshot", id=subscription.id, cursor=at, rows=list(rows.values()), reset=reset)
+        self.outbox.put(snapshot, at)
+        subscription.buffer.clear()
+        subscription.pending = False
+
+    async def _resume(self, subscription: Subscription, after: int) -> bool:
+        """Send exactly the changes after `after`; False when they are no longer all kept."""
+        reader = self.reader.changes_after
+        head, oldest, missed = await asyncio.to_thread(reader, subscription.query, subscription.args, after)
+        if after > head or (after < head and (oldest is None or after < oldest - 1)):
+            return False
+        await self.hub.reached(head, SNAPSHOT_WAIT)
+        if self.subscriptions.get(subscription.id) is not subscription:
+            return True
+        pending = missed + [c for c in subscription.buffer if c.cursor > head]
+        if pending and pending[0].cursor <= self.outbox.sent_cursor:
+            # Frames with higher cursors already went out for other subscriptions: keep the
+            # connection in cursor order by sending each key's latest change at the current cursor.
+            pending = self._coalesced(pending, max(self.hub.dispatched, self.outbox.sent_cursor))
+        for change in pending:
+            self.outbox.put(subscription.prefix + change_body(change), change.cursor)
+        subscription.buffer.clear()
+        subscription.pending = False
+        return True
+
+    @staticmethod
+    def _coalesced(changes: list[Change], cursor: int) -> list[Change]:
+        latest: dict[str, Change] = {}
+        for change in changes:
+            latest.pop(change.key, None)
+            latest[change.key] = change
+        return [Change(cursor, c.query, c.args, c.key, c.op, c.row) for c in latest.values()]
+
+    # Outbound ---------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                text = await self.outbox.frames.get()
+                if text == RESET:
+                    self._reset_all()
+                    continue
+                await self.socket.send_text(text)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the peer went away: the receive loop sees it too
+            log.debug("send failed", exc_info=True)
+
+    def _reset_all(self) -> None:
+        """The client fell behind and its frames were dropped: fresh snapshots of everything."""
+        for subscription in self.subscriptions.values():
+            subscription.pending = True
+            subscription.buffer.clear()
+        self.outbox.lagging = False
+        for subscription in list(self.subscriptions.values()):
+            self._spawn(self._snapshot(subscription, reset=True))
+
+    async def _expire(self, expires_at: float) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        self.outbox.put(frame(type="auth_expired"))
+        await asyncio.sleep(EXPIRED_GRACE)
+        with contextlib.suppress(Closed):
+            await self.close(CLOSE_UNAUTHENTICATED, "token expired")
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

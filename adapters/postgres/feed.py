@@ -1,0 +1,137 @@
+"""Following the change feed (one LISTEN per process) and reading snapshots at a known cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from adapters.fanout import Change, Hub
+from adapters.postgres import changes
+from adapters.postgres.queues import SUMMARY_ROW
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from adapters.postgres.database import Database
+
+log = logging.getLogger(__name__)
+PAGE = 1000
+
+# Each live query: how to read its rows (key, row as the HTTP API answers it) for one argument.
+SNAPSHOTS = {
+    "queue.summary": f"SELECT s.event_id AS key, {SUMMARY_ROW} AS row FROM queue_summary s WHERE s.event_id = %s",  # noqa: S608
+}
+
+
+def to_change(row: dict[str, Any]) -> Change:
+    return Change(row["cursor"], row["query"], row["args"], row["key"], row["op"], row["row"])
+
+
+class FeedReader:
+    """Snapshots and catch-up reads, each at a cursor read in the same database snapshot."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
+        self.pool = pool
+
+    def snapshot(self, query: str, args: str) -> tuple[int, dict[str, Any]]:
+        """(cursor, rows by key): the rows exactly as of that cursor."""
+        with self.pool.connection() as conn:
+            conn.autocommit = False
+            try:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                head = conn.execute("SELECT cursor FROM change_feed_head").fetchone()
+                rows = conn.execute(SNAPSHOTS[query], (args,)).fetchall()
+                conn.commit()
+            finally:
+                conn.autocommit = True
+        return int(head["cursor"]) if head else 0, {row["key"]: row["row"] for row in rows}
+
+    def changes_after(self, query: str, args: str, after: int) -> tuple[int, int | None, list[Change]]:
+        """(head, oldest kept cursor, this query's changes after `after` up to head)."""
+        with self.pool.connection() as conn:
+            conn.autocommit = False
+            try:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                head_row = conn.execute("SELECT cursor FROM change_feed_head").fetchone()
+                oldest_row = conn.execute("SELECT min(cursor) AS oldest FROM change_feed").fetchone()
+                rows = conn.execute(
+                    "SELECT cursor, query, args, key, op, row FROM change_feed"
+                    " WHERE query = %s AND args = %s AND cursor > %s ORDER BY cursor",
+                    (query, args, after),
+                ).fetchall()
+                conn.commit()
+            finally:
+                conn.autocommit = True
+        head = int(head_row["cursor"]) if head_row else 0
+        return head, oldest_row["oldest"] if oldest_row else None, [to_change(row) for row in rows]
+
+
+class FeedFollower:
+    """Reads every new change once per process, in cursor order, and hands it to the hub.
+
+    A LISTEN connection wakes it on `lineup_changes`; it also polls once a second, so a lost
+    notification delays a change by at most that.
+    """
+
+    def __init__(self, database: Database, hub: Hub) -> None:
+        self.database, self.hub = database, hub
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        async with await self._connect() as conn:
+            row = await (await conn.execute("SELECT cursor FROM change_feed_head")).fetchone()
+        self.hub.advance(int(row["cursor"]) if row else 0)
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._follow())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(**self.database.params(), autocommit=True, row_factory=dict_row)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await self._connect() as conn:
+                    await conn.execute(f"LISTEN {changes.CHANNEL}")
+                    self._wake.set()
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("change-feed LISTEN lost; reconnecting in 1 s", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async with await self._connect() as conn:
+                    while True:
+                        self._wake.clear()
+                        cursor = await conn.execute(
+                            "SELECT cursor, query, args, key, op, row FROM change_feed"
+                            " WHERE cursor > %s ORDER BY cursor LIMIT %s",
+                            (self.hub.dispatched, PAGE),
+                        )
+                        rows = await cursor.fetchall()
+                        for row in rows:
+                            self.hub.dispatch(to_change(row))
+                        if len(rows) < PAGE:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("change-feed follower lost its connection; reconnecting in 1 s", exc_info=True)
+                await asyncio.sleep(1.0)

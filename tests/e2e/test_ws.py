@@ -1,0 +1,221 @@
+"""The /ws gateway over real sockets against a real `lineup serve` (queue.summary is live so far)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tests.e2e.conftest import LineupServer
+
+TIMEOUT = 5.0
+
+
+def ws_url(server: LineupServer) -> str:
+    return server.base_url.replace("http://", "ws://") + "/ws"
+
+
+async def recv(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def connect(server: LineupServer, user: str) -> ClientConnection:
+    ws = await websockets.connect(ws_url(server))
+    await ws.send(json.dumps({"type": "auth", "token": server.token(user)}))
+    ready = await recv(ws)
+    assert ready["type"] == "ready"
+    assert isinstance(ready["cursor"], int)
+    return ws
+
+
+async def subscribe(ws: ClientConnection, sub_id: str, event_id: str, after: int | None = None) -> None:
+    frame: dict[str, Any] = {
+        "type": "subscribe",
+        "id": sub_id,
+        "query": "queue.summary",
+        "args": {"event_id": event_id},
+    }
+    if after is not None:
+        frame["after"] = after
+    await ws.send(json.dumps(frame))
+
+
+def post(server: LineupServer, path: str, user: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    response = httpx.post(f"{server.base_url}{path}", json=body, headers=server.headers(user))
+    assert response.status_code in (200, 201), response.text
+    return response
+
+
+def new_event() -> str:
+    return f"ws-{uuid.uuid4().hex[:10]}"
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    """Read until the server closes; the close code (a timeout fails the test)."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 15)
+    except websockets.ConnectionClosed:
+        return ws.close_code
+
+
+def test_snapshot_then_a_change_for_every_command(server: LineupServer) -> None:
+    async def scenario() -> None:
+        event_id = new_event()
+        post(server, f"/events/{event_id}/queue", "owner", {"name": "Live"})
+        ws = await connect(server, "watcher")
+        await subscribe(ws, "s1", event_id)
+        snapshot = await recv(ws)
+        assert (snapshot["type"], snapshot["id"], snapshot["reset"]) == ("snapshot", "s1", False)
+        assert [row["waiting"] for row in snapshot["rows"]] == [0]
+        cursor = snapshot["cursor"]
+        expected = [
+            ("join", "a", 1),
+            ("join", "b", 2),
+            ("call-next", "owner", 1),
+            ("leave", "b", 0),
+        ]
+        for action, user, waiting in expected:
+            post(server, f"/events/{event_id}/queue/{action}", user)
+            change = await recv(ws)
+            assert (change["type"], change["id"], change["op"], change["key"]) == ("change", "s1", "upsert", event_id)
+            assert change["row"]["waiting"] == waiting
+            assert change["cursor"] > cursor
+            cursor = change["cursor"]
+        summary = httpx.get(f"{server.base_url}/events/{event_id}/queue/summary", headers=server.headers("x")).json()
+        assert change["row"] == summary  # the live row is the HTTP answer
+        await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_resume_delivers_exactly_the_missed_changes(server: LineupServer) -> None:
+    async def scenario() -> None:
+        event_id = new_event()
+        post(server, f"/events/{event_id}/queue", "owner", {"name": "Resume"})
+        ws = await connect(server, "watcher")
+        await subscribe(ws, "s", event_id)
+        last = (await recv(ws))["cursor"]
+        await ws.close()
+        for user in ("a", "b", "c"):  # missed while disconnected
+            post(server, f"/events/{event_id}/queue/join", user)
+        ws = await connect(server, "watcher")
+        await subscribe(ws, "s", event_id, after=last)
+        missed = [await recv(ws) for _ in range(3)]
+        assert [frame["row"]["waiting"] for frame in missed] == [1, 2, 3]
+        cursors = [frame["cursor"] for frame in missed]
+        assert cursors == sorted(cursors)
+        assert cursors[0] > last
+        with pytest.raises(TimeoutError):  # nothing twice
+            await recv(ws, timeout=0.5)
+        post(server, f"/events/{event_id}/queue/join", "d")
+        live = await recv(ws)
+        assert (live["row"]["waiting"], live["cursor"] > cursors[-1]) == (4, True)
+        await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cursor_older_than_the_kept_changes_gets_a_reset_snapshot(server: LineupServer) -> None:
+    async def scenario() -> None:
+        event_id = new_event()
+        post(server, f"/events/{event_id}/queue", "owner", {"name": "Old"})
+        post(server, f"/events/{event_id}/queue/join", "a")
+        settings = server.settings
+        with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
+            conn.execute(f'SET search_path = "{settings.database_schema}"')
+            (head,) = conn.execute("SELECT cursor FROM change_feed_head").fetchone() or (0,)
+            conn.execute("DELETE FROM change_feed WHERE cursor <= %s", (head,))  # what clean-up does after 24 h
+        ws = await connect(server, "watcher")
+        await subscribe(ws, "s", event_id, after=1)
+        snapshot = await recv(ws)
+        assert (snapshot["type"], snapshot["reset"]) == ("snapshot", True)
+        assert [row["waiting"] for row in snapshot["rows"]] == [1]
+        await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_per_subscription_errors_keep_the_connection_open(server: LineupServer) -> None:
+    async def scenario() -> None:
+        ws = await connect(server, "u")
+        await ws.send(json.dumps({"type": "subscribe", "id": 1, "query": "no.such", "args": {}}))
+        assert await recv(ws) == {
+            "type": "error",
+            "id": 1,
+            "error": "unknown_query",
+            "detail": "no live query named 'no.such'",
+        }
+        await ws.send(json.dumps({"type": "subscribe", "id": 2, "query": "queue.summary", "args": {"user_id": "x"}}))
+        error = await recv(ws)
+        assert (error["id"], error["error"]) == (2, "bad_args")
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv(ws) == {"type": "pong"}
+        await ws.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        ('{"type": "subscribe", "id": "s", "query": "queue.summary", "args": {"event_id": "e"}}', 4401),
+        ('{"type": "auth", "token": "not-a-jwt"}', 4401),
+        ("this is not json", 4400),
+        ('{"type": "dance"}', 4400),
+    ],
+)
+def test_close_codes_for_a_bad_first_frame(server: LineupServer, first: str, code: int) -> None:
+    async def scenario() -> None:
+        ws = await websockets.connect(ws_url(server))
+        await ws.send(first)
+        assert await closed_with(ws) == code
+
+    asyncio.run(scenario())
+
+
+def test_more_than_100_subscriptions_closes_4429(server: LineupServer) -> None:
+    async def scenario() -> None:
+        ws = await connect(server, "greedy")
+        for n in range(101):
+            await subscribe(ws, f"s{n}", f"event-{n}")
+        assert await closed_with(ws) == 4429
+
+    asyncio.run(scenario())
+
+
+def test_no_auth_within_10_seconds_closes_4408(server: LineupServer) -> None:
+    async def scenario() -> None:
+        ws = await websockets.connect(ws_url(server))
+        assert await closed_with(ws) == 4408
+
+    asyncio.run(scenario())
+
+
+def test_token_refresh_in_band_and_auth_expired(server: LineupServer) -> None:
+    async def scenario() -> None:
+        event_id = new_event()
+        post(server, f"/events/{event_id}/queue", "owner", {"name": "Refresh"})
+        ws = await websockets.connect(ws_url(server))
+        await ws.send(json.dumps({"type": "auth", "token": server.token("short", ttl=2)}))
+        assert (await recv(ws))["type"] == "ready"
+        await subscribe(ws, "s", event_id)
+        assert (await recv(ws))["type"] == "snapshot"
+        assert await recv(ws) == {"type": "auth_expired"}
+        await ws.send(json.dumps({"type": "auth", "token": server.token("short")}))  # refreshed: no gap
+        post(server, f"/events/{event_id}/queue/join", "a")
+        change = await recv(ws)
+        assert (change["type"], change["row"]["waiting"]) == ("change", 1)
+        await ws.send(json.dumps({"type": "auth", "token": server.token("someone-else")}))
+        assert await closed_with(ws) == 4401  # a refresh may not switch users
+
+    asyncio.run(scenario())

@@ -48,6 +48,45 @@ class Ping(Frame, tag="ping"):
 
 
 Inbound = Auth | Subscribe | Unsubscribe | Ping
+
+
+class Ready(Frame, tag="ready"):
+    cursor: int
+
+
+class Snapshot(Frame, tag="snapshot"):
+    id: str | int
+    cursor: int
+    rows: list[dict[str, Any]]
+    reset: bool
+
+
+class ChangeFrame(Frame, tag="change"):
+    """Built by concatenation on the hot path (`Subscription.prefix` + `change_body`); this struct
+    is its schema and is what tests and the client decode it with."""
+
+    id: str | int
+    cursor: int
+    op: str
+    key: str
+    row: dict[str, Any] | None = None
+
+
+class Error(Frame, tag="error"):
+    error: str
+    detail: str
+    id: str | int | None = None
+
+
+class Pong(Frame, tag="pong"):
+    pass
+
+
+class AuthExpired(Frame, tag="auth_expired"):
+    pass
+
+
+Outbound = Ready | Snapshot | ChangeFrame | Error | Pong | AuthExpired
 _decoder: msgspec.json.Decoder[Inbound] = msgspec.json.Decoder(Inbound)
 _encode = msgspec.json.Encoder().encode
 
@@ -72,8 +111,8 @@ class AuthError(Exception):
 Verify = Callable[[str], Identity]  # raises AuthError
 
 
-def frame(**fields: Any) -> str:
-    return _encode(fields).decode()
+def frame(message: Frame) -> str:
+    return _encode(message).decode()
 
 
 class Closed(Exception):
@@ -131,7 +170,7 @@ class Session:
             await self.close(CLOSE_UNAUTHENTICATED, "the first frame must be auth")
         assert isinstance(message, Auth)
         await self._accept_token(message.token)
-        self.outbox.put(frame(type="ready", cursor=self.hub.dispatched))
+        self.outbox.put(frame(Ready(cursor=self.hub.dispatched)))
 
     async def _accept_token(self, token: str) -> None:
         try:
@@ -156,7 +195,7 @@ class Session:
     async def _handle(self, text: str) -> None:
         message = await self._decode(text)
         if isinstance(message, Ping):
-            self.outbox.put(frame(type="pong"))
+            self.outbox.put(frame(Pong()))
         elif isinstance(message, Auth):
             await self._accept_token(message.token)
         elif isinstance(message, Unsubscribe):
@@ -185,7 +224,7 @@ class Session:
         self._spawn(self._start(subscription, message.after))
 
     def _error(self, sub_id: str | int | None, code: str, detail: str) -> None:
-        self.outbox.put(frame(type="error", id=sub_id, error=code, detail=detail))
+        self.outbox.put(frame(Error(error=code, detail=detail, id=sub_id)))
 
     # Snapshots and catch-up -------------------------------------------------------------------
 
@@ -202,7 +241,7 @@ class Session:
             return  # unsubscribed meanwhile
         apply_changes(rows, [c for c in subscription.buffer if c.cursor > cursor])
         at = max(cursor, self.hub.dispatched, self.outbox.sent_cursor)
-        snapshot = frame(type="snapshot", id=subscription.id, cursor=at, rows=list(rows.values()), reset=reset)
+        snapshot = frame(Snapshot(id=subscription.id, cursor=at, rows=list(rows.values()), reset=reset))
         self.outbox.put(snapshot, at)
         subscription.buffer.clear()
         subscription.pending = False
@@ -261,7 +300,7 @@ class Session:
 
     async def _expire(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
-        self.outbox.put(frame(type="auth_expired"))
+        self.outbox.put(frame(AuthExpired()))
         await asyncio.sleep(EXPIRED_GRACE)
         with contextlib.suppress(Closed):
             await self.close(CLOSE_UNAUTHENTICATED, "token expired")

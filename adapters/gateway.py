@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 AUTH_TIMEOUT = 10.0
 EXPIRED_GRACE = 30.0
 MAX_SUBSCRIPTIONS = 100
+QUERY_ARGS = {"queue.summary": "event_id", "queue.event": "event_id", "queue.user": "user_id"}
 SNAPSHOT_WAIT = 10.0
 CLOSE_MALFORMED, CLOSE_UNAUTHENTICATED, CLOSE_AUTH_TIMEOUT, CLOSE_TOO_MANY = 4400, 4401, 4408, 4429
 
@@ -122,8 +123,11 @@ class Closed(Exception):
 class Session:
     """One WebSocket connection: many subscriptions, frames in cursor order, one outbox."""
 
-    def __init__(self, socket: Socket, hub: Hub, reader: FeedReader, verify: Verify) -> None:
+    def __init__(
+        self, socket: Socket, hub: Hub, reader: FeedReader, verify: Verify, settle: Callable[[], None]
+    ) -> None:
         self.socket, self.hub, self.reader, self.verify = socket, hub, reader, verify
+        self.settle = settle  # blocks until reads reflect every command acknowledged before the call
         self.outbox = Outbox()
         self.subscriptions: dict[str | int, Subscription] = {}
         self.identity: Identity | None = None
@@ -209,12 +213,16 @@ class Session:
         if message.query not in SNAPSHOTS:
             self._error(message.id, "unknown_query", f"no live query named {message.query!r}")
             return
-        args = message.args.get("event_id")
-        if set(message.args) != {"event_id"} or not isinstance(args, str) or not args:
-            self._error(message.id, "bad_args", 'queue.summary takes {"event_id": "..."}')
+        name = QUERY_ARGS[message.query]
+        args = message.args.get(name)
+        if set(message.args) != {name} or not isinstance(args, str) or not args:
+            self._error(message.id, "bad_args", f'{message.query} takes {{"{name}": "..."}}')
             return
         if message.id not in self.subscriptions and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             await self.close(CLOSE_TOO_MANY, f"more than {MAX_SUBSCRIPTIONS} subscriptions")
+        if not await self._allowed(message.query, args):
+            self._error(message.id, "forbidden", f"you may not follow {message.query} of {args}")
+            return
         old = self.subscriptions.pop(message.id, None)
         if old is not None:
             self.hub.discard(old)
@@ -223,12 +231,23 @@ class Session:
         self.hub.add(subscription)  # buffering from now on, before anything is read
         self._spawn(self._start(subscription, message.after))
 
+    async def _allowed(self, query: str, args: str) -> bool:
+        """queue.summary: anyone; queue.user: that user; queue.event: the queue's owner; services: all."""
+        identity = self.identity
+        assert identity is not None
+        if identity.is_service or query == "queue.summary":
+            return True
+        if query == "queue.user":
+            return args == identity.user_id
+        return await asyncio.to_thread(self.reader.owner, args) == identity.user_id
+
     def _error(self, sub_id: str | int | None, code: str, detail: str) -> None:
         self.outbox.put(frame(Error(error=code, detail=detail, id=sub_id)))
 
     # Snapshots and catch-up -------------------------------------------------------------------
 
     async def _start(self, subscription: Subscription, after: int | None) -> None:
+        await asyncio.to_thread(self.settle)  # a subscription sees the commands acknowledged before it
         if after is not None and await self._resume(subscription, after):
             return
         await self._snapshot(subscription, reset=after is not None)

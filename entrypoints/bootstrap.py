@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from adapters.committer import GroupCommitter
 from adapters.embedded import EmbeddedPostgres
 from adapters.fanout import Hub
-from adapters.postgres import changes
+from adapters.postgres import changes, live_rows
 from adapters.postgres import queues as queues_tables
 from adapters.postgres.database import Database
 from adapters.postgres.feed import FeedReader
@@ -30,6 +30,7 @@ from projections.queues import QueuesProjection
 
 log = logging.getLogger("lineup")
 TRACKING_TABLE = "projection_tracking"
+READ_YOUR_WRITES_TIMEOUT = 2.0
 MIGRATION_LOCK = 0x4C696E6575  # advisory lock key: one migration at a time per database
 
 
@@ -69,6 +70,7 @@ def migrate(settings: Settings, database: Database) -> Queues:
         try:
             queues = event_store(settings, database, create_tables=True)
             conn.execute(changes.DDL)
+            conn.execute(live_rows.DDL)
             conn.execute(queues_tables.DDL)
             tracking_recorder(queues).create_table()
         finally:
@@ -105,6 +107,15 @@ class Container:
     jwt_secret: str
     projector: ProjectorThread | None = None
     _closed: bool = field(default=False, repr=False)
+
+    def caught_up(self) -> None:
+        """Read-your-writes for every client and process: before a read, wait (briefly) until the
+        projections have processed the log up to its head as it is now, so a read reflects every
+        command acknowledged before it began. Commands never wait for projections."""
+        head = self.queues.recorder.max_notification_id()
+        if head:
+            with contextlib.suppress(TimeoutError):
+                self.progress.reached(head).result(timeout=READ_YOUR_WRITES_TIMEOUT)
 
     def start(self) -> None:
         self.committer.start()
@@ -156,7 +167,8 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         )
         if projectors:
             channel = queues.recorder.channel_name  # type: ignore[attr-defined]
-            container.projector = ProjectorThread(database, channel, runners, progress)
+            publisher = live_rows.LiveRowsPublisher(pool)
+            container.projector = ProjectorThread(database, channel, runners, progress, [publisher.publish_due])
     except BaseException:
         if embedded is not None:
             embedded.stop()

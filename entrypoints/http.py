@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import uuid
 from typing import Annotated
@@ -40,7 +39,6 @@ from entrypoints.ops import health, metrics, ready
 from entrypoints.ws import live
 
 MAX_BODY = 64 * 1024
-READ_YOUR_WRITES_TIMEOUT = 2.0
 CallerRequest = Request[Caller, Token, State]
 
 
@@ -93,16 +91,6 @@ async def run(container: Container, command: Command) -> object:
     if isinstance(outcome, QueueError):
         raise outcome
     return outcome
-
-
-def caught_up(container: Container) -> None:
-    """Read-your-writes for every client and process: before a read, wait (briefly) until the
-    projections have processed the log up to its head as it is now, so a GET reflects every
-    command acknowledged before it began. Commands never wait for projections."""
-    head = container.queues.recorder.max_notification_id()
-    if head:
-        with contextlib.suppress(TimeoutError):
-            container.progress.reached(head).result(timeout=READ_YOUR_WRITES_TIMEOUT)
 
 
 class QueueController(Controller):
@@ -158,7 +146,7 @@ class QueueController(Controller):
 
     @get("/", sync_to_thread=True, summary="Owner: the live entry list (waiting and called), in order")
     def entries(self, event_id: str, request: CallerRequest, container: Container) -> list[EntryOut]:
-        caught_up(container)
+        container.caught_up()
         queue = container.reader.summary(event_id)
         if queue is None:
             raise QueueNotFoundError(f"no queue is open for event {event_id}")
@@ -168,7 +156,7 @@ class QueueController(Controller):
 
     @get("/summary", sync_to_thread=True, summary="Anyone: the queue's summary")
     def summary(self, event_id: str, container: Container) -> SummaryOut:
-        caught_up(container)
+        container.caught_up()
         queue = container.reader.summary(event_id)
         if queue is None:
             raise QueueNotFoundError(f"no queue is open for event {event_id}")
@@ -199,7 +187,7 @@ class QueueController(Controller):
 @get("/users/{user_id:str}/queue", sync_to_thread=True, tags=["queues"], summary="The user's active entries")
 def user_queue(user_id: str, request: CallerRequest, container: Container) -> list[EntryOut]:
     require_self(request.user, user_id)
-    caught_up(container)
+    container.caught_up()
     return [entry_out(entry) for entry in container.reader.user_entries(user_id)]
 
 

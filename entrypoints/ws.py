@@ -24,4 +24,4 @@ async def live(socket: WebSocket[Any, Any, Any], container: Container) -> None:
         return Identity(caller.user_id, caller.is_service, expires_at)
 
     await socket.accept()
-    await Session(socket, container.hub, container.feed_reader, verify).run()
+    await Session(socket, container.hub, container.feed_reader, verify, container.caught_up).run()

@@ -25,6 +25,8 @@ PAGE = 1000
 # Each live query: how to read its rows (key, row as the HTTP API answers it) for one argument.
 SNAPSHOTS = {
     "queue.summary": f"SELECT s.event_id AS key, {SUMMARY_ROW} AS row FROM queue_summary s WHERE s.event_id = %s",  # noqa: S608
+    "queue.event": "SELECT key, row FROM live_rows WHERE query = 'queue.event' AND args = %s ORDER BY ord",
+    "queue.user": "SELECT key, row FROM live_rows WHERE query = 'queue.user' AND args = %s ORDER BY ord, key",
 }
 
 
@@ -50,6 +52,11 @@ class FeedReader:
             finally:
                 conn.autocommit = True
         return int(head["cursor"]) if head else 0, {row["key"]: row["row"] for row in rows}
+
+    def owner(self, event_id: str) -> str | None:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT owner_id FROM queue_summary WHERE event_id = %s", (event_id,)).fetchone()
+        return row["owner_id"] if row else None
 
     def changes_after(self, query: str, args: str, after: int) -> tuple[int, int | None, list[Change]]:
         """(head, oldest kept cursor, this query's changes after `after` up to head)."""

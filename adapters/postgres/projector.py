@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
 PROJECTOR_LOCK = 0x4C696E6570  # advisory lock key held by the one process that projects
 ELECTION_INTERVAL = 1.0
+PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
 
 
 class BatchWriter(Protocol):
@@ -108,9 +109,17 @@ class ProjectorThread:
     """
 
     def __init__(
-        self, database: Database, channel: str, runners: list[ProjectionRunner[Any]], progress: Progress
+        self,
+        database: Database,
+        channel: str,
+        runners: list[ProjectionRunner[Any]],
+        progress: Progress,
+        publishers: list[Callable[[], int]] | None = None,
     ) -> None:
         self.database, self.channel, self.runners, self.progress = database, channel, runners, progress
+        self.publishers = publishers or []  # after each round: derived rows onto the change feed
+        self._published = min((runner.position for runner in runners), default=0)
+        progress.register(PUBLISHED, self._published)  # reads wait for publishing too
         self.leader = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -137,12 +146,22 @@ class ProjectorThread:
                 continue
             try:
                 busy = sum(runner.run_once() for runner in self.runners)
+                busy += sum(publish() for publish in self.publishers)
+                self._announce_published()
             except Exception:
                 log.exception("projection batch failed; retrying in 1 s")
                 self._stop.wait(1.0)
                 continue
             if not busy:
                 self._wake.wait(0.5)
+
+    def _announce_published(self) -> None:
+        position = min((runner.position for runner in self.runners), default=0)
+        if position > self._published:
+            with self.runners[0].pool.connection() as conn:
+                conn.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, f"{PUBLISHED}:{position}"))
+            self._published = position
+            self.progress.advance(PUBLISHED, position)
 
     def _listen(self) -> None:
         while not self._stop.is_set():
@@ -158,8 +177,10 @@ class ProjectorThread:
             self._stop.wait(1.0)
 
     def _follow(self, conn: psycopg.Connection[Any]) -> None:
-        for runner in self.runners:  # catch up with what was projected while we were not listening
-            self.progress.advance(runner.projection.name, runner.tracked())
+        tracked = [runner.tracked() for runner in self.runners]  # what happened while we were not listening
+        for runner, position in zip(self.runners, tracked, strict=True):
+            self.progress.advance(runner.projection.name, position)
+        self.progress.advance(PUBLISHED, min(tracked, default=0))
         next_election = 0.0
         while not self._stop.is_set():
             if not self.leader.is_set() and time.monotonic() >= next_election:
@@ -173,7 +194,7 @@ class ProjectorThread:
                     self._wake.set()
             for notify in conn.notifies(timeout=0.5):
                 if notify.channel == PROGRESS_CHANNEL:
-                    name, _, position = notify.payload.partition(":")
-                    self.progress.advance(name, int(position))
+                    name, _, at = notify.payload.partition(":")
+                    self.progress.advance(name, int(at))
                 else:
                     self._wake.set()

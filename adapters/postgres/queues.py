@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adapters.postgres import changes
+from adapters.postgres import changes, live_rows
 from domain.queue import CALLED, CANCELLED, CLOSED, CLOSED_REASON, WAITING, EntryView, estimated_time
 from projections.queues import QueuesWriter
 
@@ -154,6 +154,7 @@ class PostgresQueuesWriter(QueuesWriter):
         self.cursor.execute(changes.ADVANCE, {"n": len(queue_ids)})
         self.cursor.execute(SUMMARY_CHANGES, {"n": len(queue_ids), "ids": queue_ids})
         self.cursor.execute(changes.NOTIFY)
+        self.cursor.execute(live_rows.MARK_DIRTY, (queue_ids,))  # their entry rows: see live_rows.py
         self._touched.clear()
 
 

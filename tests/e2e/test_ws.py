@@ -219,3 +219,90 @@ def test_token_refresh_in_band_and_auth_expired(server: LineupServer) -> None:
         assert await closed_with(ws) == 4401  # a refresh may not switch users
 
     asyncio.run(scenario())
+
+
+def apply(view: dict[str, Any], frame: dict[str, Any]) -> None:
+    """A client's rebuilt view: snapshots replace it, changes upsert or remove one row."""
+    if frame["type"] == "snapshot":
+        view.clear()
+        view.update({row["entry_id"]: row for row in frame["rows"]})
+    elif frame["op"] == "upsert":
+        view[frame["key"]] = frame["row"]
+    else:
+        view.pop(frame["key"], None)
+
+
+async def converge(ws: ClientConnection, view: dict[str, Any], expected: list[dict[str, Any]]) -> None:
+    """Apply frames until the view equals the HTTP answer (each frame must arrive within TIMEOUT)."""
+    wanted = {row["entry_id"]: row for row in expected}
+    while view != wanted:
+        apply(view, await recv(ws))
+
+
+def test_queue_event_and_queue_user_views_equal_the_http_answers(server: LineupServer) -> None:
+    async def scenario() -> None:
+        event_id = new_event()
+        post(server, f"/events/{event_id}/queue", "boss", {"name": "Rows"})
+        owner = await connect(server, "boss")
+        await owner.send(
+            json.dumps({"type": "subscribe", "id": "q", "query": "queue.event", "args": {"event_id": event_id}})
+        )
+        fan = await connect(server, "fan-b")
+        await fan.send(
+            json.dumps({"type": "subscribe", "id": "me", "query": "queue.user", "args": {"user_id": "fan-b"}})
+        )
+        owner_view: dict[str, Any] = {}
+        fan_view: dict[str, Any] = {}
+        apply(owner_view, await recv(owner))
+        apply(fan_view, await recv(fan))
+        assert owner_view == fan_view == {}
+        for step in [
+            ("join", "fan-a"),
+            ("join", "fan-b"),
+            ("join", "fan-c"),
+            ("call-next", "boss"),
+            ("leave", "fan-c"),
+        ]:
+            action, user = step
+            post(server, f"/events/{event_id}/queue/{action}", user)
+            listed = httpx.get(f"{server.base_url}/events/{event_id}/queue", headers=server.headers("boss")).json()
+            mine = httpx.get(f"{server.base_url}/users/fan-b/queue", headers=server.headers("fan-b")).json()
+            await converge(owner, owner_view, listed)
+            await converge(fan, fan_view, mine)
+        assert [row["position"] for row in owner_view.values() if row["status"] == "waiting"] == [1]
+        assert [row["position"] for row in fan_view.values()] == [1]
+        await owner.close()
+        await fan.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("user", "query", "args", "allowed"),
+    [
+        ("stranger", "queue.event", {"event_id": "EVENT"}, False),
+        ("stranger", "queue.user", {"user_id": "someone"}, False),
+        ("svc", "queue.user", {"user_id": "someone"}, True),
+    ],
+)
+def test_live_queries_are_authorized_per_subscription(
+    server: LineupServer, user: str, query: str, args: dict[str, str], allowed: bool
+) -> None:
+    async def scenario() -> None:
+        event_id = new_event()
+        post(server, f"/events/{event_id}/queue", "boss", {"name": "Private"})
+        role = "service" if user == "svc" else "user"
+        ws = await websockets.connect(ws_url(server))
+        await ws.send(json.dumps({"type": "auth", "token": server.token(user, role=role)}))
+        await recv(ws)
+        concrete = {k: (event_id if v == "EVENT" else v) for k, v in args.items()}
+        await ws.send(json.dumps({"type": "subscribe", "id": "s", "query": query, "args": concrete}))
+        answer = await recv(ws)
+        assert answer["type"] == ("snapshot" if allowed else "error")
+        if not allowed:
+            assert answer["error"] == "forbidden"
+            await ws.send(json.dumps({"type": "ping"}))
+            assert await recv(ws) == {"type": "pong"}  # the connection stays
+        await ws.close()
+
+    asyncio.run(scenario())

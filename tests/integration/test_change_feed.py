@@ -136,3 +136,47 @@ def test_the_queues_projection_puts_each_touched_summary_on_the_feed(container: 
         "capacity": 5,
         "requires_payment": False,
     }
+
+
+def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.postgres import live_rows
+    from domain.commands import Caller, CallNext, JoinQueue, OpenQueue
+
+    owner = Caller("owner")
+    publisher = live_rows.LiveRowsPublisher(container.pool)
+    feed = changes.ChangeFeed(container.pool)
+    container.queues.execute([OpenQueue("q", owner, "Q")], 1_000)
+    container.queues.execute([JoinQueue("q", Caller(u), f"entry-{u}") for u in "abc"], 2_000)
+    container.runners[0].catch_up()
+    start = feed.head()
+    assert publisher.publish_due() == 6  # three rows, each for queue.event and queue.user
+    published = feed.after(start)
+    assert {(row["query"], row["args"]) for row in published} == {
+        ("queue.event", "q"),
+        ("queue.user", "a"),
+        ("queue.user", "b"),
+        ("queue.user", "c"),
+    }
+    assert publisher.publish_due() == 0  # nothing dirty, nothing written
+
+    container.queues.execute([CallNext("q", owner)], 3_000)
+    container.runners[0].catch_up()
+    start = feed.head()
+    publisher.publish_due()
+    moved = {(row["query"], row["key"]): row["row"] for row in feed.after(start)}
+    assert moved["queue.event", "entry-a"]["status"] == "called"
+    assert moved["queue.user", "entry-b"]["position"] == 1
+    listed = container.reader.event_entries(container.reader.summary("q") or {})
+    assert [moved["queue.event", e.entry_id]["estimated_time"] for e in listed if e.status == "waiting"] == [
+        e.estimated_time for e in listed if e.status == "waiting"
+    ]
+
+    monkeypatch.setattr(live_rows, "IMMEDIATE", 2)  # make this a "long" queue
+    monkeypatch.setattr(live_rows, "INTERVAL", 60.0)
+    container.queues.execute([JoinQueue("q", Caller("d"), "entry-d")], 4_000)
+    container.runners[0].catch_up()
+    assert publisher.publish_due() == 0  # published less than INTERVAL ago: wait
+    monkeypatch.setattr(live_rows, "INTERVAL", 0.0)
+    assert publisher.publish_due() > 0  # due now: the waiting mark was kept

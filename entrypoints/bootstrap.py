@@ -31,7 +31,6 @@ from projections.queues import QueuesProjection
 log = logging.getLogger("lineup")
 TRACKING_TABLE = "projection_tracking"
 READ_YOUR_WRITES_TIMEOUT = 2.0
-MIGRATION_LOCK = 0x4C696E6575  # advisory lock key: one migration at a time per database
 
 
 def jwt_secret(settings: Settings) -> str:
@@ -66,7 +65,7 @@ def migrate(settings: Settings, database: Database) -> Queues:
     """Create every table that is missing (idempotent; safe from several processes at once)."""
     database.create_schema()
     with database.connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (database.lock_key("migrate"),))
         try:
             queues = event_store(settings, database, create_tables=True)
             conn.execute(changes.DDL)
@@ -74,7 +73,7 @@ def migrate(settings: Settings, database: Database) -> Queues:
             conn.execute(queues_tables.DDL)
             tracking_recorder(queues).create_table()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (database.lock_key("migrate"),))
     return queues
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,14 @@ class Database:
         )
         pool.open(wait=True, timeout=30)
         return pool
+
+    def lock_key(self, name: str | bytes) -> int:
+        """A signed 64-bit advisory-lock key for `name` in this schema. Advisory locks are
+        database-wide, so deployments (and tests) sharing a database in separate schemas must not
+        share keys: one's projector would otherwise stop every other's."""
+        raw = name.encode() if isinstance(name, str) else name
+        digest = hashlib.blake2b(self.schema.encode() + b"\x00" + raw, digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
 
     def create_schema(self) -> None:
         with self.connect() as conn:

@@ -18,11 +18,6 @@ log = logging.getLogger(__name__)
 LOCK_SQL = "SELECT pg_advisory_lock(k) FROM (SELECT DISTINCT unnest(%s::bigint[]) AS k ORDER BY 1) AS keys"
 
 
-def lock_key(queue_id: UUID) -> int:
-    """A signed 64-bit advisory-lock key from the queue id."""
-    return int.from_bytes(queue_id.bytes[:8], "big", signed=True)
-
-
 class QueueLocks:
     """Session-level advisory locks on one dedicated connection, used by one writer thread.
 
@@ -38,7 +33,7 @@ class QueueLocks:
 
     @contextlib.contextmanager
     def hold(self, queue_ids: Iterable[UUID]) -> Iterator[None]:
-        keys = sorted({lock_key(queue_id) for queue_id in queue_ids})
+        keys = sorted({self.database.lock_key(queue_id.bytes) for queue_id in queue_ids})
         conn = self._connection()
         try:
             conn.execute(LOCK_SQL, (keys,))

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
-PROJECTOR_LOCK = 0x4C696E6570  # advisory lock key held by the one process that projects
 ELECTION_INTERVAL = 1.0
 PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
 
@@ -185,7 +184,8 @@ class ProjectorThread:
         while not self._stop.is_set():
             if not self.leader.is_set() and time.monotonic() >= next_election:
                 next_election = time.monotonic() + ELECTION_INTERVAL
-                row = conn.execute("SELECT pg_try_advisory_lock(%s) AS won", (PROJECTOR_LOCK,)).fetchone()
+                key = self.database.lock_key("projector")  # held by the one process that projects
+                row = conn.execute("SELECT pg_try_advisory_lock(%s) AS won", (key,)).fetchone()
                 if row and row["won"]:
                     for runner in self.runners:
                         runner.reload()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,7 +23,13 @@ EXPIRED_GRACE = 30.0
 MAX_SUBSCRIPTIONS = 100
 QUERY_ARGS = {"queue.summary": "event_id", "queue.event": "event_id", "queue.user": "user_id"}
 SNAPSHOT_WAIT = 10.0
-CLOSE_MALFORMED, CLOSE_UNAUTHENTICATED, CLOSE_AUTH_TIMEOUT, CLOSE_TOO_MANY = 4400, 4401, 4408, 4429
+CLOSE_GOING_AWAY, CLOSE_MALFORMED, CLOSE_UNAUTHENTICATED, CLOSE_AUTH_TIMEOUT, CLOSE_TOO_MANY = (
+    1001,
+    4400,
+    4401,
+    4408,
+    4429,
+)
 
 
 class Frame(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
@@ -120,6 +127,15 @@ class Closed(Exception):
     """The session has ended (we closed it, or the peer went away)."""
 
 
+_open_sessions: weakref.WeakSet[Session] = weakref.WeakSet()  # of this process
+
+
+async def close_all_sessions(code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+    """Close every open session of this process (on shutdown: 1001, before the server drops them)."""
+    sessions = list(_open_sessions)
+    await asyncio.gather(*(session.shutdown(code, reason) for session in sessions), return_exceptions=True)
+
+
 class Session:
     """One WebSocket connection: many subscriptions, frames in cursor order, one outbox."""
 
@@ -136,6 +152,7 @@ class Session:
         self._closed = False
 
     async def run(self) -> None:
+        _open_sessions.add(self)
         sender = asyncio.create_task(self._send_loop())
         try:
             await self._authenticate()
@@ -152,6 +169,10 @@ class Session:
                 self.hub.discard(subscription)
             for task in [sender, *self._tasks, *([self._expiry] if self._expiry else [])]:
                 task.cancel()
+
+    async def shutdown(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Closed):
+            await self.close(code, reason)
 
     async def close(self, code: int, reason: str) -> None:
         if not self._closed:
@@ -220,9 +241,6 @@ class Session:
             return
         if message.id not in self.subscriptions and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             await self.close(CLOSE_TOO_MANY, f"more than {MAX_SUBSCRIPTIONS} subscriptions")
-        if not await self._allowed(message.query, args):
-            self._error(message.id, "forbidden", f"you may not follow {message.query} of {args}")
-            return
         old = self.subscriptions.pop(message.id, None)
         if old is not None:
             self.hub.discard(old)
@@ -248,6 +266,12 @@ class Session:
 
     async def _start(self, subscription: Subscription, after: int | None) -> None:
         await asyncio.to_thread(self.settle)  # a subscription sees the commands acknowledged before it
+        if not await self._allowed(subscription.query, subscription.args):  # (an owner is read after settling)
+            if self.subscriptions.get(subscription.id) is subscription:
+                del self.subscriptions[subscription.id]
+                self.hub.discard(subscription)
+            self._error(subscription.id, "forbidden", f"you may not follow {subscription.query} of {subscription.args}")
+            return
         if after is not None and await self._resume(subscription, after):
             return
         await self._snapshot(subscription, reset=after is not None)

@@ -19,6 +19,8 @@ from multiprocessing.process import BaseProcess
 
 import uvicorn
 
+from adapters.gateway import close_all_sessions
+
 log = logging.getLogger("lineup")
 RESTART_PAUSE = 1.0
 
@@ -26,6 +28,10 @@ RESTART_PAUSE = 1.0
 class GracefulServer(uvicorn.Server):
     """uvicorn's Server, except that after a graceful shutdown on SIGTERM/SIGINT it returns
     instead of re-raising the signal, so `lineup serve` finishes its own clean-up and exits 0."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await close_all_sessions()  # 1001 to WebSocket clients, before uvicorn drops them with 1012
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

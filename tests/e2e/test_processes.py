@@ -143,3 +143,32 @@ def test_a_command_on_one_process_reaches_a_socket_on_the_other(two_servers: tup
             assert (change["type"], change["key"], change["row"]["name"]) == ("change", event_id, "X")
 
     asyncio.run(scenario())
+
+
+def test_sockets_are_closed_1001_when_the_server_shuts_down(server_settings: Settings) -> None:
+    import asyncio
+    import json
+
+    import websockets
+
+    settings = dataclasses.replace(server_settings, port=free_port())
+    server = LineupServer(settings, settings.data_dir / "shutdown.log")
+    server.start()
+    try:
+
+        async def scenario() -> int | None:
+            async with websockets.connect(server.base_url.replace("http", "ws") + "/ws") as ws:
+                await ws.send(json.dumps({"type": "auth", "token": server.token("u")}))
+                assert json.loads(await ws.recv())["type"] == "ready"
+                assert server.process is not None
+                server.process.terminate()  # SIGTERM
+                try:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+                except websockets.ConnectionClosed:
+                    return ws.close_code
+
+        assert asyncio.run(scenario()) == 1001
+        assert server.stop() == 0
+    finally:
+        server.stop()

@@ -223,6 +223,7 @@ def test_token_refresh_in_band_and_auth_expired(server: LineupServer) -> None:
 
 def apply(view: dict[str, Any], frame: dict[str, Any]) -> None:
     """A client's rebuilt view: snapshots replace it, changes upsert or remove one row."""
+    assert frame["type"] in ("snapshot", "change"), frame
     if frame["type"] == "snapshot":
         view.clear()
         view.update({row["entry_id"]: row for row in frame["rows"]})

@@ -11,6 +11,7 @@ import msgspec
 
 _encode = msgspec.json.Encoder().encode
 RESET = "\x00reset"  # outbox marker: the frames before it were dropped; send fresh snapshots
+DATA_FRAMES = ('{"type":"change"', '{"type":"snapshot"')  # what an overflowing outbox may drop
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,13 @@ class Outbox:
             return
         if self.frames.qsize() >= self.limit:
             self.lagging = True
+            kept = []  # control frames (pong, error, auth_expired) survive; data frames are replaced
             while not self.frames.empty():
-                self.frames.get_nowait()
+                queued = self.frames.get_nowait()
+                if not queued.startswith(DATA_FRAMES):
+                    kept.append(queued)
+            for queued in kept:
+                self.frames.put_nowait(queued)
             self.frames.put_nowait(RESET)
             return
         self.put(frame, cursor)

@@ -203,8 +203,11 @@ class Session:
         except AuthError as error:
             await self.close(CLOSE_UNAUTHENTICATED, f"invalid token: {error}")
             raise  # unreachable: close raises Closed
-        if self.identity is not None and identity.user_id != self.identity.user_id:
-            await self.close(CLOSE_UNAUTHENTICATED, "a refreshed token must name the same user")
+        if self.identity is not None and (identity.user_id, identity.is_service) != (
+            self.identity.user_id,
+            self.identity.is_service,
+        ):  # subscriptions were authorized for that user and role
+            await self.close(CLOSE_UNAUTHENTICATED, "a refreshed token must name the same user and role")
         self.identity = identity
         if self._expiry is not None:
             self._expiry.cancel()
@@ -278,7 +281,7 @@ class Session:
 
     async def _snapshot(self, subscription: Subscription, *, reset: bool) -> None:
         cursor, rows = await asyncio.to_thread(self.reader.snapshot, subscription.query, subscription.args)
-        await self.hub.reached(cursor, SNAPSHOT_WAIT)
+        await self._reach(cursor)
         # No await from here on: nothing can be dispatched in between.
         if self.subscriptions.get(subscription.id) is not subscription:
             return  # unsubscribed meanwhile
@@ -295,7 +298,7 @@ class Session:
         head, oldest, missed = await asyncio.to_thread(reader, subscription.query, subscription.args, after)
         if after > head or (after < head and (oldest is None or after < oldest - 1)):
             return False
-        await self.hub.reached(head, SNAPSHOT_WAIT)
+        await self._reach(head)
         if self.subscriptions.get(subscription.id) is not subscription:
             return True
         pending = missed + [c for c in subscription.buffer if c.cursor > head]
@@ -308,6 +311,12 @@ class Session:
         subscription.buffer.clear()
         subscription.pending = False
         return True
+
+    async def _reach(self, cursor: int) -> None:
+        """Wait (as long as it takes) until this process has dispatched every change up to `cursor`:
+        releasing a snapshot earlier would put it before frames with lower cursors."""
+        while not await self.hub.reached(cursor, SNAPSHOT_WAIT):
+            log.warning("change feed follower is more than %.0f s behind cursor %d", SNAPSHOT_WAIT, cursor)
 
     @staticmethod
     def _coalesced(changes: list[Change], cursor: int) -> list[Change]:

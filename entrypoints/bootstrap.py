@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,8 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         if projectors:
             channel = queues.recorder.channel_name  # type: ignore[attr-defined]
             publisher = live_rows.LiveRowsPublisher(pool)
-            container.projector = ProjectorThread(database, channel, runners, progress, [publisher.publish_due])
+            periodic: list[Callable[[], int]] = [publisher.publish_due, changes.Trimmer(pool)]
+            container.projector = ProjectorThread(database, channel, runners, progress, periodic)
     except BaseException:
         if embedded is not None:
             embedded.stop()

@@ -11,6 +11,7 @@ projection's pipeline with the rest of its batch.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,6 +59,29 @@ def append(cursor: psycopg.Cursor[Any], changes: list[tuple[str, str, str, str, 
         {"n": len(changes), "queries": queries, "args": args, "keys": keys, "ops": ops, "rows": rows},
     )
     cursor.execute(NOTIFY)
+
+
+class Trimmer:
+    """The periodic clean-up of the feed: changes older than `keep_hours` go (default 24 h, the
+    contract's minimum for exact resumes); older cursors get a reset snapshot instead."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keep_hours: float = 24, every: float = 600):
+        self.pool, self.keep_hours, self.every = pool, keep_hours, every
+        self._next = 0.0
+        self.removed = 0
+
+    def __call__(self) -> int:
+        """Trim when due; returns 0 so it never counts as projection work."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every
+            with self.pool.connection() as conn:
+                cursor = conn.execute(
+                    "DELETE FROM change_feed WHERE recorded_at < now() - make_interval(secs => %s)",
+                    (self.keep_hours * 3600,),
+                )
+                self.removed += cursor.rowcount
+        return 0
 
 
 class ChangeFeed:

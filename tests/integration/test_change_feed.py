@@ -180,3 +180,15 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
     assert publisher.publish_due() == 0  # published less than INTERVAL ago: wait
     monkeypatch.setattr(live_rows, "INTERVAL", 0.0)
     assert publisher.publish_due() > 0  # due now: the waiting mark was kept
+
+
+def test_the_clean_up_trims_changes_older_than_what_is_kept(container: Container) -> None:
+    with connect(container) as conn:
+        changes.append(conn.cursor(), [change(1), change(2), change(3)])
+        conn.execute("UPDATE change_feed SET recorded_at = now() - interval '25 hours' WHERE cursor <= 2")
+        conn.commit()
+    trim = changes.Trimmer(container.pool, keep_hours=24)
+    assert trim() == 0
+    assert trim.removed == 2
+    feed = changes.ChangeFeed(container.pool)
+    assert (feed.oldest(), feed.head()) == (3, 3)

@@ -1,0 +1,87 @@
+"""Routing and backpressure of the gateway's hub and outboxes (no sockets needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from adapters.fanout import RESET, Change, Hub, Outbox, Subscription, apply_changes
+
+
+def drain(outbox: Outbox) -> list[str]:
+    frames = []
+    while not outbox.frames.empty():
+        frames.append(outbox.frames.get_nowait())
+    return frames
+
+
+def test_one_change_reaches_every_subscriber_of_its_query_and_args_with_its_own_id() -> None:
+    async def scenario() -> None:
+        hub = Hub()
+        first, second, other = Outbox(), Outbox(), Outbox()
+        subs = [Subscription("a", "queue.summary", "e1", first), Subscription(7, "queue.summary", "e1", second)]
+        subs.append(Subscription("z", "queue.summary", "e2", other))
+        for sub in subs:
+            sub.pending = False
+            hub.add(sub)
+        hub.dispatch(Change(5, "queue.summary", "e1", "e1", "upsert", {"waiting": 1}))
+        (to_first,) = [json.loads(f) for f in drain(first)]
+        (to_second,) = [json.loads(f) for f in drain(second)]
+        assert to_first == {
+            "type": "change",
+            "id": "a",
+            "cursor": 5,
+            "op": "upsert",
+            "key": "e1",
+            "row": {"waiting": 1},
+        }
+        assert to_second == {**to_first, "id": 7}
+        assert drain(other) == []
+        assert hub.dispatched == 5
+
+    asyncio.run(scenario())
+
+
+def test_a_pending_subscription_buffers_until_its_snapshot_is_released() -> None:
+    async def scenario() -> None:
+        hub, outbox = Hub(), Outbox()
+        sub = Subscription("s", "q", "a", outbox)
+        hub.add(sub)
+        hub.dispatch(Change(1, "q", "a", "k", "upsert", {"v": 1}))
+        hub.dispatch(Change(2, "q", "a", "k", "remove", None))
+        assert drain(outbox) == []
+        rows = {"k": {"v": 0}, "j": {"v": 9}}
+        apply_changes(rows, sub.buffer)
+        assert rows == {"j": {"v": 9}}
+
+    asyncio.run(scenario())
+
+
+def test_an_overflowing_outbox_keeps_control_frames_and_asks_for_a_reset() -> None:
+    async def scenario() -> None:
+        outbox = Outbox(limit=3)
+        sub = Subscription("s", "q", "a", outbox)
+        sub.pending = False
+        outbox.put('{"type":"pong"}')
+        for cursor in range(1, 5):
+            sub.deliver(Change(cursor, "q", "a", "k", "upsert", {"v": cursor}), f'"cursor":{cursor}}}')
+        assert outbox.lagging
+        sub.deliver(Change(9, "q", "a", "k", "upsert", {}), '"cursor":9}')  # dropped while lagging
+        assert drain(outbox) == ['{"type":"pong"}', RESET]
+
+    asyncio.run(scenario())
+
+
+def test_waiting_for_a_cursor_returns_once_it_is_dispatched() -> None:
+    async def scenario() -> None:
+        hub = Hub()
+        waiter = asyncio.create_task(hub.reached(3, timeout=2))
+        await asyncio.sleep(0.01)
+        hub.advance(2)
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        hub.advance(3)
+        assert await waiter
+        assert not await hub.reached(4, timeout=0.05)
+
+    asyncio.run(scenario())

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _encode = msgspec.json.Encoder().encode
 RESET = "\x00reset"  # outbox marker: the frames before it were dropped; send fresh snapshots
@@ -44,32 +48,34 @@ def apply_changes(rows: dict[str, Any], changes: list[Change]) -> None:
 class Outbox:
     """A client's bounded queue of frames. When it overflows the client is not cut off: its pending
     frames are dropped and `lagging` is set, and once the queue has drained the session sends it
-    fresh snapshots (`reset: true`) of everything it follows."""
+    fresh snapshots (`reset: true`) of everything it follows. `on_ready` is called whenever a frame
+    is queued, so the session can run a sender only while there is something to send (an idle
+    connection then holds no task: less memory per connection)."""
 
     def __init__(self, limit: int = 1000) -> None:
-        self.frames: asyncio.Queue[str] = asyncio.Queue()
+        self.frames: deque[str] = deque()
         self.limit = limit
         self.lagging = False
         self.sent_cursor = 0  # the highest cursor of any snapshot or change frame queued
+        self.on_ready: Callable[[], None] | None = None
 
     def put(self, frame: str, cursor: int | None = None) -> None:
         if cursor is not None:
             self.sent_cursor = max(self.sent_cursor, cursor)
-        self.frames.put_nowait(frame)
+        self.frames.append(frame)
+        if self.on_ready is not None:
+            self.on_ready()
 
     def deliver(self, frame: str, cursor: int) -> None:
         if self.lagging:
             return
-        if self.frames.qsize() >= self.limit:
+        if len(self.frames) >= self.limit:
             self.lagging = True
-            kept = []  # control frames (pong, error, auth_expired) survive; data frames are replaced
-            while not self.frames.empty():
-                queued = self.frames.get_nowait()
-                if not queued.startswith(DATA_FRAMES):
-                    kept.append(queued)
-            for queued in kept:
-                self.frames.put_nowait(queued)
-            self.frames.put_nowait(RESET)
+            # control frames (pong, error, auth_expired) survive; data frames are replaced by RESET
+            kept = [queued for queued in self.frames if not queued.startswith(DATA_FRAMES)]
+            self.frames.clear()
+            self.frames.extend(kept)
+            self.put(RESET)
             return
         self.put(frame, cursor)
 

@@ -130,6 +130,8 @@ def test_a_cursor_older_than_the_kept_changes_gets_a_reset_snapshot(server: Line
         event_id = new_event()
         post(server, f"/events/{event_id}/queue", "owner", {"name": "Old"})
         post(server, f"/events/{event_id}/queue/join", "a")
+        # a read waits until projections (and published rows) have caught up: then trim everything
+        assert httpx.get(f"{server.base_url}/events/{event_id}/queue/summary", headers=server.headers("a")).is_success
         settings = server.settings
         with psycopg.connect(str(settings.database_url), autocommit=True) as conn:
             conn.execute(f'SET search_path = "{settings.database_schema}"')

@@ -9,9 +9,8 @@ from adapters.fanout import RESET, Change, Hub, Outbox, Subscription, apply_chan
 
 
 def drain(outbox: Outbox) -> list[str]:
-    frames = []
-    while not outbox.frames.empty():
-        frames.append(outbox.frames.get_nowait())
+    frames = list(outbox.frames)
+    outbox.frames.clear()
     return frames
 
 

@@ -14,14 +14,13 @@ from typing import Any, Protocol
 import msgspec
 
 from adapters.fanout import RESET, Change, Hub, Outbox, Subscription, apply_changes, change_body
-from adapters.postgres.feed import SNAPSHOTS, FeedReader
+from adapters.postgres.feed import LIVE_QUERIES, FeedReader
 
 log = logging.getLogger(__name__)
 
 AUTH_TIMEOUT = 10.0
 EXPIRED_GRACE = 30.0
 MAX_SUBSCRIPTIONS = 100
-QUERY_ARGS = {"queue.summary": "event_id", "queue.event": "event_id", "queue.user": "user_id"}
 SNAPSHOT_WAIT = 10.0
 CLOSE_GOING_AWAY, CLOSE_MALFORMED, CLOSE_UNAUTHENTICATED, CLOSE_AUTH_TIMEOUT, CLOSE_TOO_MANY = (
     1001,
@@ -240,10 +239,11 @@ class Session:
             await self._subscribe(message)
 
     async def _subscribe(self, message: Subscribe) -> None:
-        if message.query not in SNAPSHOTS:
+        live = LIVE_QUERIES.get(message.query)
+        if live is None:
             self._error(message.id, "unknown_query", f"no live query named {message.query!r}")
             return
-        name = QUERY_ARGS[message.query]
+        name = live.argument
         args = message.args.get(name)
         if set(message.args) != {name} or not isinstance(args, str) or not args:
             self._error(message.id, "bad_args", f'{message.query} takes {{"{name}": "..."}}')

@@ -42,6 +42,10 @@ CREATE INDEX IF NOT EXISTS change_feed_recorded_at ON change_feed (recorded_at);
 # transaction and numbers its rows head - n + 1 ... head.
 ADVANCE = "UPDATE change_feed_head SET cursor = cursor + %(n)s"
 NOTIFY = "SELECT pg_notify('lineup_changes', cursor::text) FROM change_feed_head"
+HEAD = "SELECT cursor FROM change_feed_head"
+OLDEST = "SELECT min(cursor) AS oldest FROM change_feed"
+COLUMNS = "SELECT cursor, query, args, key, op, row FROM change_feed"
+PAGE = COLUMNS + " WHERE cursor > %s ORDER BY cursor LIMIT %s"  # every query's changes, after a cursor
 
 
 def append(cursor: psycopg.Cursor[Any], changes: list[tuple[str, str, str, str, str | None]]) -> None:
@@ -92,18 +96,15 @@ class ChangeFeed:
 
     def head(self) -> int:
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT cursor FROM change_feed_head").fetchone()
+            row = conn.execute(HEAD).fetchone()
         return int(row["cursor"]) if row else 0
 
     def oldest(self) -> int | None:
         with self.pool.connection() as conn:
-            row = conn.execute("SELECT min(cursor) AS oldest FROM change_feed").fetchone()
+            row = conn.execute(OLDEST).fetchone()
         return row["oldest"] if row else None
 
     def after(self, cursor: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Changes with a greater cursor, oldest first."""
         with self.pool.connection() as conn:
-            return conn.execute(
-                "SELECT cursor, query, args, key, op, row FROM change_feed WHERE cursor > %s ORDER BY cursor LIMIT %s",
-                (cursor, limit),
-            ).fetchall()
+            return conn.execute(PAGE, (cursor, limit)).fetchall()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -15,6 +16,8 @@ from adapters.postgres import changes
 from adapters.postgres.queues import SUMMARY_ROW
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from psycopg_pool import ConnectionPool
 
     from adapters.postgres.database import Database
@@ -22,11 +25,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PAGE = 1000
 
-# Each live query: how to read its rows (key, row as the HTTP API answers it) for one argument.
-SNAPSHOTS = {
-    "queue.summary": f"SELECT s.event_id AS key, {SUMMARY_ROW} AS row FROM queue_summary s WHERE s.event_id = %s",  # noqa: S608
-    "queue.event": "SELECT key, row FROM live_rows WHERE query = 'queue.event' AND args = %s ORDER BY ord",
-    "queue.user": "SELECT key, row FROM live_rows WHERE query = 'queue.user' AND args = %s ORDER BY ord, key",
+
+@dataclass(frozen=True)
+class LiveQuery:
+    """A query clients can follow: its one argument, and how to read its rows (key, row as HTTP
+    answers it) for a value of that argument."""
+
+    argument: str
+    snapshot: str
+
+
+LIVE_QUERIES = {
+    "queue.summary": LiveQuery(
+        "event_id",
+        f"SELECT s.event_id AS key, {SUMMARY_ROW} AS row FROM queue_summary s WHERE s.event_id = %s",  # noqa: S608
+    ),
+    "queue.event": LiveQuery(
+        "event_id", "SELECT key, row FROM live_rows WHERE query = 'queue.event' AND args = %s ORDER BY ord"
+    ),
+    "queue.user": LiveQuery(
+        "user_id", "SELECT key, row FROM live_rows WHERE query = 'queue.user' AND args = %s ORDER BY ord, key"
+    ),
 }
 
 
@@ -40,17 +59,18 @@ class FeedReader:
     def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
         self.pool = pool
 
+    @contextlib.contextmanager
+    def _consistent(self) -> Iterator[psycopg.Connection[Any]]:
+        """One read-only REPEATABLE READ transaction: the head and the rows read in it agree."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
+
     def snapshot(self, query: str, args: str) -> tuple[int, dict[str, Any]]:
         """(cursor, rows by key): the rows exactly as of that cursor."""
-        with self.pool.connection() as conn:
-            conn.autocommit = False
-            try:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                head = conn.execute("SELECT cursor FROM change_feed_head").fetchone()
-                rows = conn.execute(SNAPSHOTS[query], (args,)).fetchall()
-                conn.commit()
-            finally:
-                conn.autocommit = True
+        with self._consistent() as conn:
+            head = conn.execute(changes.HEAD).fetchone()
+            rows = conn.execute(LIVE_QUERIES[query].snapshot, (args,)).fetchall()
         return int(head["cursor"]) if head else 0, {row["key"]: row["row"] for row in rows}
 
     def owner(self, event_id: str) -> str | None:
@@ -60,20 +80,13 @@ class FeedReader:
 
     def changes_after(self, query: str, args: str, after: int) -> tuple[int, int | None, list[Change]]:
         """(head, oldest kept cursor, this query's changes after `after` up to head)."""
-        with self.pool.connection() as conn:
-            conn.autocommit = False
-            try:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                head_row = conn.execute("SELECT cursor FROM change_feed_head").fetchone()
-                oldest_row = conn.execute("SELECT min(cursor) AS oldest FROM change_feed").fetchone()
-                rows = conn.execute(
-                    "SELECT cursor, query, args, key, op, row FROM change_feed"
-                    " WHERE query = %s AND args = %s AND cursor > %s ORDER BY cursor",
-                    (query, args, after),
-                ).fetchall()
-                conn.commit()
-            finally:
-                conn.autocommit = True
+        with self._consistent() as conn:
+            head_row = conn.execute(changes.HEAD).fetchone()
+            oldest_row = conn.execute(changes.OLDEST).fetchone()
+            rows = conn.execute(
+                changes.COLUMNS + " WHERE query = %s AND args = %s AND cursor > %s ORDER BY cursor",
+                (query, args, after),
+            ).fetchall()
         head = int(head_row["cursor"]) if head_row else 0
         return head, oldest_row["oldest"] if oldest_row else None, [to_change(row) for row in rows]
 
@@ -92,7 +105,7 @@ class FeedFollower:
 
     async def start(self) -> None:
         async with await self._connect() as conn:
-            row = await (await conn.execute("SELECT cursor FROM change_feed_head")).fetchone()
+            row = await (await conn.execute(changes.HEAD)).fetchone()
         self.hub.advance(int(row["cursor"]) if row else 0)
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._follow())]
 
@@ -126,11 +139,7 @@ class FeedFollower:
                 async with await self._connect() as conn:
                     while True:
                         self._wake.clear()
-                        cursor = await conn.execute(
-                            "SELECT cursor, query, args, key, op, row FROM change_feed"
-                            " WHERE cursor > %s ORDER BY cursor LIMIT %s",
-                            (self.hub.dispatched, PAGE),
-                        )
+                        cursor = await conn.execute(changes.PAGE, (self.hub.dispatched, PAGE))
                         rows = await cursor.fetchall()
                         for row in rows:
                             self.hub.dispatch(to_change(row))

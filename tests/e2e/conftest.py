@@ -56,7 +56,10 @@ class LineupServer:
             LINEUP_HOST="127.0.0.1",
             LINEUP_DATA_DIR=str(self.settings.data_dir),
             LINEUP_LOG_LEVEL="warning",
+            LINEUP_NOTIFICATION_TTL=str(self.settings.notification_ttl),
         )
+        if self.settings.stripe_webhook_secrets:
+            env["STRIPE_WEBHOOK_SECRET"] = ",".join(self.settings.stripe_webhook_secrets)
         return env
 
     def start(self) -> None:

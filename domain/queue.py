@@ -90,6 +90,8 @@ class Queue(Aggregate):
     class EntryCalled(Aggregate.Event):
         entry_id: str
         at: int
+        user_id: str = ""  # for the read side ("" in events recorded before these were added)
+        event_id: str = ""
 
     class EntryCompleted(Aggregate.Event):
         entry_id: str
@@ -99,6 +101,14 @@ class Queue(Aggregate):
 
     class EntryNoShow(Aggregate.Event):
         entry_id: str
+        at: int
+
+    class NextInLine(Aggregate.Event):
+        """A user became position 1 (the contract's `queue.next` moment)."""
+
+        entry_id: str
+        user_id: str
+        event_id: str
         at: int
 
     class Paused(Aggregate.Event):
@@ -208,14 +218,20 @@ class Queue(Aggregate):
             raise PaymentRequiredError(f"the queue of event {self.event_id} admits paid users only")
         if self.capacity is not None and len(self.waiting) >= self.capacity:
             raise QueueFullError(f"the queue of event {self.event_id} is full ({self.capacity} waiting)")
+        first = not self.waiting
         self._user_joined(entry_id=entry_id, user_id=user_id, at=at)
+        if first:
+            self._next_in_line(entry_id=entry_id, user_id=user_id, event_id=self.event_id, at=at)
         return self.entry(entry_id, position=len(self.waiting)), True  # a new entry is the last one
 
     def leave(self, user_id: str, at: int) -> EntryView:
         entry_id = self.active.get(user_id)
         if entry_id is None:
             raise EntryNotFoundError(f"user {user_id} is not in the queue of event {self.event_id}")
+        was_first = self._is_first(entry_id)
         self._user_left(entry_id=entry_id, at=at)
+        if was_first:
+            self._announce_first(at)
         return EntryView(entry_id, self.event_id, user_id, None, None, CANCELLED, LEFT)
 
     def call_next(self, at: int) -> EntryView:
@@ -224,7 +240,8 @@ class Queue(Aggregate):
         if not self.waiting:
             raise QueueEmptyError(f"nobody is waiting in the queue of event {self.event_id}")
         entry_id = next(iter(self.waiting))
-        self._entry_called(entry_id=entry_id, at=at)
+        self._entry_called(entry_id=entry_id, at=at, user_id=self.waiting[entry_id], event_id=self.event_id)
+        self._announce_first(at)
         return self.entry(entry_id)
 
     def complete(self, entry_id: str, at: int) -> EntryView:
@@ -243,7 +260,10 @@ class Queue(Aggregate):
         user_id = self.waiting.get(entry_id) or (str(called[0]) if called else None)
         if user_id is None:
             raise EntryNotFoundError(f"no active entry {entry_id} in the queue of event {self.event_id}")
+        was_first = self._is_first(entry_id)
         self._entry_no_show(entry_id=entry_id, at=at)
+        if was_first:
+            self._announce_first(at)
         return EntryView(entry_id, self.event_id, str(user_id), None, None, CANCELLED, NO_SHOW)
 
     def pause(self, at: int) -> None:
@@ -263,6 +283,15 @@ class Queue(Aggregate):
             raise QueueClosedError(f"the queue of event {self.event_id} is already closed")
         self._closed(at=at)
 
+    def _is_first(self, entry_id: str) -> bool:
+        return next(iter(self.waiting), None) == entry_id
+
+    def _announce_first(self, at: int) -> None:
+        """After the first waiting entry went away: the next one, if any, is now position 1."""
+        first = next(iter(self.waiting), None)
+        if first is not None:
+            self._next_in_line(entry_id=first, user_id=self.waiting[first], event_id=self.event_id, at=at)
+
     # Mutations: run again on every replay, so they only change state ----------------------
 
     @event(UserJoined)
@@ -277,7 +306,8 @@ class Queue(Aggregate):
         self.last_at = at
 
     @event(EntryCalled)
-    def _entry_called(self, entry_id: str, at: int) -> None:
+    def _entry_called(self, entry_id: str, at: int, user_id: str = "", event_id: str = "") -> None:
+        del user_id, event_id  # carried for the read side; the aggregate knows them
         user_id = self.waiting.pop(entry_id)
         self.called[entry_id] = [user_id, at]
         self.last_at = at
@@ -293,6 +323,10 @@ class Queue(Aggregate):
     def _entry_no_show(self, entry_id: str, at: int) -> None:
         self._finish(entry_id)
         self.last_at = at
+
+    @event(NextInLine)
+    def _next_in_line(self, entry_id: str, user_id: str, event_id: str, at: int) -> None:
+        del entry_id, user_id, event_id, at  # a moment for the read side; it changes no state (not even last_at)
 
     @event(Paused)
     def _paused(self, at: int) -> None:

@@ -1,4 +1,4 @@
-"""The Queues application: runs batches of queue commands, each batch saved in one transaction."""
+"""The Queues application: runs batches of commands (queues, Stripe, notifications), each saved in one transaction."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Snapshot
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError
 
-from domain.commands import Command, Outcome, apply_command
+from domain.commands import Command, Outcome, apply_command, lock_ids
 from domain.errors import QueueError, QueueNotFoundError
 from domain.queue import Queue, QueueSummary, queue_id_for
+from domain.stripe import StripeEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from contextlib import AbstractContextManager
     from uuid import UUID
 
+    from eventsourcing.persistence import ProcessRecorder, Tracking
     from eventsourcing.utils import EnvType
 
     Exclusive: TypeAlias = Callable[[Iterable[UUID]], AbstractContextManager[None]]
@@ -39,6 +41,36 @@ class ConcurrencyError(Exception):
     """Other writers kept winning the same queue versions; the batch was not applied."""
 
 
+class AlreadyProcessedError(Exception):
+    """The tracked position was recorded by another process first: the batch is not applied again."""
+
+
+IMMUTABLE = (StripeEvent,)  # aggregates that never change after creation: cached without re-reading
+RECORDS_CACHED = 100_000
+
+
+class _Batch:
+    """The workspace of one batch: aggregates loaded once, the touched ones saved together."""
+
+    def __init__(self, app: Queues, *, optimistic: bool) -> None:
+        self.app, self.optimistic = app, optimistic
+        self.loaded: dict[UUID, Aggregate | None] = {}
+        self.touched: dict[UUID, Aggregate] = {}
+
+    def get(self, aggregate_id: UUID, *, assume_new: bool = False) -> Aggregate | None:
+        if aggregate_id in self.touched:
+            return self.touched[aggregate_id]
+        if aggregate_id not in self.loaded:
+            if assume_new and self.optimistic and aggregate_id not in self.app._records:
+                self.loaded[aggregate_id] = None  # a duplicate collides on save; the retry reads
+            else:
+                self.loaded[aggregate_id] = self.app._load(aggregate_id)
+        return self.loaded[aggregate_id]
+
+    def add(self, aggregate: Aggregate) -> None:
+        self.touched[aggregate.id] = aggregate
+
+
 class Queues(Application[Any]):
     """Use cases of the queue context.
 
@@ -55,86 +87,106 @@ class Queues(Application[Any]):
 
     def __init__(self, env: EnvType | None = None) -> None:
         super().__init__(env)
-        self._live: OrderedDict[UUID, Queue] = OrderedDict()
+        self._live: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._records: OrderedDict[UUID, Aggregate] = OrderedDict()  # immutable ones, e.g. Stripe events
         self._snapshot_versions: dict[UUID, int] = {}
         self.conflicts = 0  # batches retried because another writer won a version
 
-    def execute(self, commands: Sequence[Command], at: int, exclusive: Exclusive | None = None) -> Executed:
+    def construct_recorder(self) -> ProcessRecorder:
+        """A process recorder: events and a tracking position can be saved in one transaction."""
+        return self.factory.process_recorder()
+
+    def execute(
+        self,
+        commands: Sequence[Command],
+        at: int,
+        exclusive: Exclusive | None = None,
+        tracking: Tracking | None = None,
+    ) -> Executed:
         """Apply `commands` in order at time `at` (epoch ms) and commit them together.
 
         `exclusive`, when given, is held around loading and saving the batch's queues, so that
-        writers in other processes take turns on them instead of retrying. Returns, per command,
-        its answer or the `QueueError` it was refused with, and the log position of the batch's
-        last event (None when nothing changed).
+        writers in other processes take turns on them instead of retrying. `tracking`, when given,
+        is recorded in the same transaction (a process that follows the log: exactly once); if
+        another process recorded it first, AlreadyProcessedError. Returns, per command, its answer
+        or the `QueueError` it was refused with, and the log position of the batch's last event
+        (None when nothing changed).
         """
-        queue_ids = {queue_id_for(command.event_id) for command in commands}
-        for _ in range(MAX_ATTEMPTS):
-            touched: dict[UUID, Queue] = {}
+        queue_ids = {queue_id for command in commands for queue_id in lock_ids(command)}
+        for attempt in range(MAX_ATTEMPTS):
+            batch = _Batch(self, optimistic=attempt == 0)
             try:
                 with exclusive(queue_ids) if exclusive else nullcontext():
-                    return self._execute_once(commands, at, touched)
+                    return self._execute_once(commands, at, batch, tracking)
             except IntegrityError:
                 self.conflicts += 1
-                for queue_id in touched:
-                    self._live.pop(queue_id, None)
+                self._forget(batch)
+                if tracking is not None and self._tracked(tracking) >= tracking.notification_id:
+                    raise AlreadyProcessedError(tracking) from None
             except BaseException:
-                for queue_id in touched:  # a half-applied batch must not stay cached
-                    self._live.pop(queue_id, None)
+                self._forget(batch)  # a half-applied batch must not stay cached
                 raise
         msg = f"gave up after {MAX_ATTEMPTS} attempts: other writers kept winning"
         raise ConcurrencyError(msg)
 
-    def _execute_once(self, commands: Sequence[Command], at: int, touched: dict[UUID, Queue]) -> Executed:
+    def _execute_once(self, commands: Sequence[Command], at: int, batch: _Batch, tracking: Tracking | None) -> Executed:
         outcomes: list[Outcome | QueueError] = []
-        loaded: set[UUID] = set()
         for command in commands:
-            queue_id = queue_id_for(command.event_id)
-            queue = touched.get(queue_id)
-            if queue is None and queue_id not in loaded:
-                queue = self._load(queue_id)
-                loaded.add(queue_id)
-                if queue is not None:
-                    touched[queue_id] = queue
             try:
-                queue, outcome = apply_command(queue, command, at)
+                outcomes.append(apply_command(batch, command, at))
             except QueueError as error:
                 outcomes.append(error)
-                continue
-            touched[queue_id] = queue
-            outcomes.append(outcome)
-        recordings = self.save(*touched.values())
-        for queue_id, queue in touched.items():
-            self._remember(queue_id, queue)
-            self._maybe_snapshot(queue_id, queue)
+        processing: ProcessingEvent[UUID] = ProcessingEvent(tracking)
+        processing.collect_events(*batch.touched.values())
+        recordings = self._record(processing)
+        self._notify(recordings)
+        for aggregate_id, aggregate in batch.touched.items():
+            self._remember(aggregate_id, aggregate)
+            if isinstance(aggregate, Queue):
+                self._maybe_snapshot(aggregate_id, aggregate)
         positions = [r.notification.id for r in recordings if r.notification.id is not None]
         return Executed(outcomes, max(positions, default=None))
+
+    def _forget(self, batch: _Batch) -> None:
+        for aggregate_id in (*batch.touched, *batch.loaded):
+            self._live.pop(aggregate_id, None)
+
+    def _tracked(self, tracking: Tracking) -> int:
+        recorder: ProcessRecorder = self.recorder  # type: ignore[assignment]
+        return recorder.max_tracking_id(tracking.application_name) or 0
 
     def summary(self, event_id: str) -> QueueSummary:
         """The queue's current summary, read from the write model."""
         queue = self._load(queue_id_for(event_id))
-        if queue is None:
+        if not isinstance(queue, Queue):
             raise QueueNotFoundError(f"no queue is open for event {event_id}")
         return queue.summary()
 
-    def _load(self, queue_id: UUID) -> Queue | None:
-        queue = self._live.get(queue_id)
-        if queue is None:
+    def _load(self, aggregate_id: UUID) -> Aggregate | None:
+        record = self._records.get(aggregate_id)
+        if record is not None:
+            return record
+        aggregate = self._live.get(aggregate_id)
+        if aggregate is None:
             try:
-                queue = self.repository.get(queue_id)
+                aggregate = self.repository.get(aggregate_id)
             except AggregateNotFoundError:
                 return None
-            self._remember(queue_id, queue)
-            return queue
-        for stored in self.events.get(queue_id, gt=queue.version):  # writes of other processes
-            if isinstance(stored, Queue.Event):
-                stored.mutate(queue)
-        return queue
+            self._remember(aggregate_id, aggregate)
+            return aggregate
+        for stored in self.events.get(aggregate_id, gt=aggregate.version):  # writes of other processes
+            if isinstance(stored, Aggregate.Event):
+                stored.mutate(aggregate)
+        return aggregate
 
-    def _remember(self, queue_id: UUID, queue: Queue) -> None:
-        self._live[queue_id] = queue
-        self._live.move_to_end(queue_id)
-        while len(self._live) > self.cache_size:
-            self._live.popitem(last=False)
+    def _remember(self, aggregate_id: UUID, aggregate: Aggregate) -> None:
+        cache, size = (
+            (self._records, RECORDS_CACHED) if isinstance(aggregate, IMMUTABLE) else (self._live, self.cache_size)
+        )
+        cache[aggregate_id] = aggregate
+        cache.move_to_end(aggregate_id)
+        while len(cache) > size:
+            cache.popitem(last=False)
 
     def _maybe_snapshot(self, queue_id: UUID, queue: Queue) -> None:
         """Snapshot after `snapshot_every` events, or after as many events as the queue has entries.

@@ -8,36 +8,12 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from domain.errors import (
-    AlreadyOpenError,
-    EntryNotFoundError,
-    InvalidCommandError,
-    NotCalledError,
-    NotOwnerError,
-    PaymentRequiredError,
-    QueueClosedError,
-    QueueEmptyError,
-    QueueError,
-    QueueFullError,
-    QueueNotFoundError,
-    QueuePausedError,
-)
+from domain.errors import QueueError
 
 log = logging.getLogger("lineup.http")
 
-QUEUE_ERRORS: dict[type[QueueError], tuple[int, str]] = {
-    InvalidCommandError: (400, "bad_request"),
-    NotOwnerError: (403, "forbidden"),
-    QueueNotFoundError: (404, "not_found"),
-    EntryNotFoundError: (404, "not_found"),
-    AlreadyOpenError: (409, "already_open"),
-    QueueClosedError: (409, "queue_closed"),
-    QueuePausedError: (409, "queue_paused"),
-    QueueFullError: (409, "queue_full"),
-    QueueEmptyError: (409, "queue_empty"),
-    NotCalledError: (409, "not_called"),
-    PaymentRequiredError: (409, "payment_required"),
-}
+# The status of each rule error's code; every other code is a 409 conflict.
+ERROR_STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404}
 
 HTTP_CODES = {
     400: "bad_request",
@@ -57,8 +33,7 @@ def error_response(status: int, code: str, detail: str) -> Response[dict[str, st
 
 
 def queue_error(_: Request[Any, Any, Any], exc: QueueError) -> Response[dict[str, str]]:
-    status, code = QUEUE_ERRORS.get(type(exc), (409, "conflict"))
-    return error_response(status, code, str(exc))
+    return error_response(ERROR_STATUS.get(exc.code, 409), exc.code, str(exc))
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:

@@ -21,3 +21,10 @@ class Projection(ABC, Generic[W]):
     @abstractmethod
     def process(self, domain_event: object, writer: W) -> None:
         """Express `domain_event` as writer calls; events it does not know are ignored."""
+
+    @classmethod
+    def event_types(cls) -> tuple[type, ...]:
+        """The event classes `process` handles (its singledispatch registrations): a runner need
+        not decode the others."""
+        registry = getattr(cls.__dict__.get("process"), "dispatcher", None)
+        return tuple(t for t in getattr(registry, "registry", {}) if t is not object)

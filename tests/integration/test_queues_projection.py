@@ -109,7 +109,7 @@ def test_read_model_answers_like_the_commands(container: Container) -> None:
     container.queues.execute([OpenQueue("e1", OWNER, "Show", service_seconds=100)], 1_000)
     outcomes = container.queues.execute([JoinQueue("e1", Caller(u), str(uuid.uuid4())) for u in "abc"], 2_000).outcomes
     container.queues.execute([CallNext("e1", OWNER)], 3_000)
-    assert container.runners[0].catch_up() == 5  # opened, 3 joined, called
+    assert container.runners[0].catch_up() == 7  # opened, 3 joined, a next in line, a called, b next in line
     joined = [o.entry for o in outcomes if isinstance(o, Joined)]
     queue = container.reader.summary("e1")
     assert queue is not None
@@ -153,7 +153,7 @@ def test_a_failure_inside_the_transaction_leaves_neither_rows_nor_position(conta
         assert conn.execute("SELECT count(*) AS n FROM queue_entries").fetchone() == {"n": 0}
         assert conn.execute("SELECT count(*) AS n FROM queue_summary").fetchone() == {"n": 0}
     assert tracking_recorder(container.queues).max_tracking_id("queues") is None
-    assert container.runners[0].catch_up() == 5
+    assert container.runners[0].catch_up() == 6  # opened, 4 joined, a next in line
     assert len(container.reader.event_entries(container.reader.summary("e1") or {})) == 4
 
 

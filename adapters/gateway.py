@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 from adapters.fanout import RESET, Change, Hub, Outbox, Subscription, apply_changes, change_body
-from adapters.postgres.feed import LIVE_QUERIES, FeedReader
+from adapters.postgres.feed import ANYONE, LIVE_QUERIES, SELF, FeedReader
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ class Session:
         self.settle = settle  # blocks until reads reflect every command acknowledged before the call
         self.outbox = Outbox()
         self.subscriptions: dict[str | int, Subscription] = {}
+        self._since: dict[str | int, int] = {}  # notifications.user's option, per subscription id
         self.identity: Identity | None = None
         self._expiry: asyncio.TimerHandle | None = None  # a timer, not a task: ~2 KiB less per connection
         self._tasks: set[asyncio.Task[None]] = set()
@@ -233,6 +234,7 @@ class Session:
             await self._accept_token(message.token)
         elif isinstance(message, Unsubscribe):
             subscription = self.subscriptions.pop(message.id, None)
+            self._since.pop(message.id, None)
             if subscription is not None:
                 self.hub.discard(subscription)
         else:
@@ -244,9 +246,17 @@ class Session:
             self._error(message.id, "unknown_query", f"no live query named {message.query!r}")
             return
         name = live.argument
-        args = message.args.get(name)
-        if set(message.args) != {name} or not isinstance(args, str) or not args:
-            self._error(message.id, "bad_args", f'{message.query} takes {{"{name}": "..."}}')
+        args, since = message.args.get(name), message.args.get("since", 0)
+        if (
+            not set(message.args) <= {name, *live.options}
+            or not isinstance(args, str)
+            or not args
+            or not isinstance(since, int)
+            or isinstance(since, bool)
+            or since < 0
+        ):
+            options = "".join(f', "{option}"?: ...' for option in live.options)
+            self._error(message.id, "bad_args", f'{message.query} takes {{"{name}": "..."{options}}}')
             return
         if message.id not in self.subscriptions and len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             await self.close(CLOSE_TOO_MANY, f"more than {MAX_SUBSCRIPTIONS} subscriptions")
@@ -255,16 +265,18 @@ class Session:
             self.hub.discard(old)
         subscription = Subscription(message.id, message.query, args, self.outbox)
         self.subscriptions[message.id] = subscription
+        self._since[message.id] = since
         self.hub.add(subscription)  # buffering from now on, before anything is read
         self._spawn(self._start(subscription, message.after))
 
     async def _allowed(self, query: str, args: str) -> bool:
-        """queue.summary: anyone; queue.user: that user; queue.event: the queue's owner; services: all."""
+        """As each query's `access` says: anyone, the user it names, or the queue's owner; services: all."""
         identity = self.identity
         assert identity is not None
-        if identity.is_service or query == "queue.summary":
+        access = LIVE_QUERIES[query].access
+        if identity.is_service or access == ANYONE:
             return True
-        if query == "queue.user":
+        if access == SELF:
             return args == identity.user_id
         return await asyncio.to_thread(self.reader.owner, args) == identity.user_id
 
@@ -286,7 +298,8 @@ class Session:
         await self._snapshot(subscription, reset=after is not None)
 
     async def _snapshot(self, subscription: Subscription, *, reset: bool) -> None:
-        cursor, rows = await asyncio.to_thread(self.reader.snapshot, subscription.query, subscription.args)
+        since = self._since.get(subscription.id, 0)
+        cursor, rows = await asyncio.to_thread(self.reader.snapshot, subscription.query, subscription.args, since)
         await self._reach(cursor)
         # No await from here on: nothing can be dispatched in between.
         if self.subscriptions.get(subscription.id) is not subscription:

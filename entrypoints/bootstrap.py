@@ -18,19 +18,30 @@ from adapters.committer import GroupCommitter
 from adapters.embedded import EmbeddedPostgres
 from adapters.fanout import Hub
 from adapters.postgres import changes, live_rows
+from adapters.postgres import notifications as notifications_tables
 from adapters.postgres import queues as queues_tables
+from adapters.postgres import stripe as stripe_tables
+from adapters.postgres.cleanup import Cleanup
 from adapters.postgres.database import Database
 from adapters.postgres.feed import FeedReader
 from adapters.postgres.locks import QueueLocks
+from adapters.postgres.notifications import NotificationsReader, PostgresNotificationsWriter
 from adapters.postgres.projector import ProjectionRunner, ProjectorThread
 from adapters.postgres.queues import PostgresQueuesWriter, QueuesReader
+from adapters.postgres.stripe import PostgresStripeWriter, StripeReader
+from adapters.processor import EventProcessor
 from adapters.progress import Progress
+from domain.commands import stripe_policy
 from domain.queues import Queues
+from domain.stripe import StripeEvent
 from entrypoints.settings import Settings
+from projections.notifications import NotificationsProjection
 from projections.queues import QueuesProjection
+from projections.stripe import StripeProjection
 
 log = logging.getLogger("lineup")
 TRACKING_TABLE = "projection_tracking"
+STRIPE_PROCESS = "stripe-process"  # the tracked process that applies recorded Stripe events
 READ_YOUR_WRITES_TIMEOUT = 2.0
 
 
@@ -55,9 +66,11 @@ def open_database(settings: Settings) -> tuple[Database, EmbeddedPostgres | None
     return Database(embedded.start(), settings.database_schema), embedded
 
 
-def event_store(settings: Settings, database: Database, *, create_tables: bool = False) -> Queues:
+def event_store(
+    settings: Settings, database: Database, *, create_tables: bool = False, pool_size: int | None = None
+) -> Queues:
     """The event store; only `migrate` creates tables (under a lock: concurrent DDL collides)."""
-    env = database.event_store_env(pool_size=settings.pool_size, lock_timeout=settings.lock_timeout)
+    env = database.event_store_env(pool_size=pool_size or settings.pool_size, lock_timeout=settings.lock_timeout)
     env["CREATE_TABLE"] = "y" if create_tables else "n"
     return Queues(env=env)
 
@@ -72,6 +85,8 @@ def migrate(settings: Settings, database: Database) -> Queues:
             conn.execute(changes.DDL)
             conn.execute(live_rows.DDL)
             conn.execute(queues_tables.DDL)
+            conn.execute(notifications_tables.DDL)
+            conn.execute(stripe_tables.DDL)
             tracking_recorder(queues).create_table()
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (database.lock_key("migrate"),))
@@ -98,6 +113,8 @@ class Container:
     queues: Queues
     pool: ConnectionPool[psycopg.Connection[Any]]
     reader: QueuesReader
+    notifications: NotificationsReader
+    stripe: StripeReader
     committer: GroupCommitter
     progress: Progress
     runners: list[ProjectionRunner[Any]]
@@ -106,6 +123,8 @@ class Container:
     feed_reader: FeedReader
     jwt_secret: str
     projector: ProjectorThread | None = None
+    processors: list[EventProcessor] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)  # what the projector side opened
     _closed: bool = field(default=False, repr=False)
 
     def caught_up(self) -> None:
@@ -130,11 +149,23 @@ class Container:
             self.committer.stop()
         if self.projector is not None:
             self.projector.stop()
+        for close in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                close()
         self.locks.close()
         self.pool.close()
         self.queues.close()
         if self.embedded is not None:
             self.embedded.stop()
+
+
+def stripe_processor(settings: Settings, database: Database, container: Container) -> EventProcessor:
+    """Applies recorded Stripe events (accounts, payments, paid admissions) in the projecting
+    process, with its own application instance and queue locks (it runs on the projector thread)."""
+    app = event_store(settings, database, pool_size=2)
+    locks = QueueLocks(database)
+    container.closers += [app.close, locks.close]
+    return EventProcessor(STRIPE_PROCESS, app, StripeEvent.Received, stripe_policy, locks.hold)
 
 
 def build(settings: Settings, *, projectors: bool = True) -> Container:
@@ -145,10 +176,19 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         pool = database.pool(min_size=2, max_size=settings.pool_size, name="lineup-read")
         progress = Progress()
         locks = QueueLocks(database)
+        tracking = tracking_recorder(queues)
+        ttl_ms = settings.notification_ttl * 1000
         runners: list[ProjectionRunner[Any]] = [
+            ProjectionRunner(queues, pool, QueuesProjection(), PostgresQueuesWriter, tracking, progress),
             ProjectionRunner(
-                queues, pool, QueuesProjection(), PostgresQueuesWriter, tracking_recorder(queues), progress
-            )
+                queues,
+                pool,
+                NotificationsProjection(),
+                lambda cursor: PostgresNotificationsWriter(cursor, ttl_ms),
+                tracking,
+                progress,
+            ),
+            ProjectionRunner(queues, pool, StripeProjection(), PostgresStripeWriter, tracking, progress),
         ]
         container = Container(
             settings=settings,
@@ -157,6 +197,8 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
             queues=queues,
             pool=pool,
             reader=QueuesReader(pool),
+            notifications=NotificationsReader(pool),
+            stripe=StripeReader(pool),
             committer=committer(queues, locks),
             progress=progress,
             runners=runners,
@@ -168,7 +210,8 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         if projectors:
             channel = queues.recorder.channel_name  # type: ignore[attr-defined]
             publisher = live_rows.LiveRowsPublisher(pool)
-            periodic: list[Callable[[], int]] = [publisher.publish_due, changes.Trimmer(pool)]
+            container.processors = [stripe_processor(settings, database, container)]
+            periodic: list[Callable[[], int]] = [publisher.publish_due, *container.processors, Cleanup(pool)]
             container.projector = ProjectorThread(database, channel, runners, progress, periodic)
     except BaseException:
         if embedded is not None:

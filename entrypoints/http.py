@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
-import uuid
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Litestar, Request, Response, get, post
-from litestar.datastructures import State
+from litestar import Controller, Litestar, Response, get, post
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.security.jwt import Token
 
 from adapters.postgres.feed import FeedFollower
 from domain.commands import (
-    Caller,
     CallNext,
     CloseQueue,
     Command,
@@ -30,16 +24,18 @@ from domain.commands import (
     PauseQueue,
     ResumeQueue,
 )
-from domain.errors import InvalidCommandError, NotOwnerError, QueueError, QueueNotFoundError
+from domain.errors import InvalidCommandError, NotOwnerError, QueueNotFoundError
 from domain.queue import EntryView, QueueSummary
 from entrypoints.auth import jwt_auth, require_self
 from entrypoints.bootstrap import Container
 from entrypoints.errors import EXCEPTION_HANDLERS
+from entrypoints.notifications_api import notifications_of_user, send_notification
 from entrypoints.ops import health, metrics, ready
+from entrypoints.stripe_api import link_account, payments_of_user, stripe_account_of_user, stripe_webhook
+from entrypoints.submit import CallerRequest, new_id, run
 from entrypoints.ws import live
 
 MAX_BODY = 64 * 1024
-CallerRequest = Request[Caller, Token, State]
 
 
 class OpenQueueIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -70,27 +66,12 @@ class SummaryOut(msgspec.Struct):
     requires_payment: bool
 
 
-def new_entry_id() -> str:
-    """A random (version 4) UUID without a syscall: uuid4() reads os.urandom, which drops and
-    retakes the GIL on every join (6 % of a loaded worker's samples). `random` is seeded from
-    os.urandom and reseeded in every child process; entry ids need uniqueness, not secrecy."""
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
-
-
 def entry_out(entry: EntryView) -> EntryOut:
     return msgspec.convert(entry, EntryOut, from_attributes=True)
 
 
 def summary_out(summary: QueueSummary) -> SummaryOut:
     return msgspec.convert(summary, SummaryOut, from_attributes=True)
-
-
-async def run(container: Container, command: Command) -> object:
-    """Submit to the group committer; answer once the batch holding the command has committed."""
-    outcome, _ = await asyncio.wrap_future(container.committer.submit(command))
-    if isinstance(outcome, QueueError):
-        raise outcome
-    return outcome
 
 
 class QueueController(Controller):
@@ -112,7 +93,7 @@ class QueueController(Controller):
 
     @post("/join", status_code=201, summary="Join the queue (an active entry of the caller is returned with 200)")
     async def join(self, event_id: str, request: CallerRequest, container: Container) -> Response[EntryOut]:
-        joined = await run(container, JoinQueue(event_id, request.user, new_entry_id()))
+        joined = await run(container, JoinQueue(event_id, request.user, new_id()))
         assert isinstance(joined, Joined)
         return Response(entry_out(joined.entry), status_code=201 if joined.created else 200)
 
@@ -196,7 +177,20 @@ def create_app(container: Container) -> Litestar:
     auth = jwt_auth(container.jwt_secret)
     follower = FeedFollower(container.database, container.hub)
     return Litestar(
-        route_handlers=[QueueController, user_queue, health, ready, metrics, live],
+        route_handlers=[
+            QueueController,
+            user_queue,
+            notifications_of_user,
+            send_notification,
+            stripe_account_of_user,
+            payments_of_user,
+            link_account,
+            stripe_webhook,
+            health,
+            ready,
+            metrics,
+            live,
+        ],
         dependencies={"container": Provide(lambda: container, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],

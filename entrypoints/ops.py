@@ -17,7 +17,7 @@ async def health() -> dict[str, str]:
 
 @get("/ready", sync_to_thread=True, tags=["ops"], summary="200 when the event store answers and projections keep up")
 def ready(container: Container) -> Response[dict[str, object]]:
-    names = [runner.projection.name for runner in container.runners]
+    names = [runner.name for runner in container.runners]
     try:
         head, statuses = projection_status(container.queues, container.pool, names, TRACKING_TABLE)
     except Exception as error:  # any failure to reach the store means "not ready"
@@ -32,7 +32,7 @@ def ready(container: Container) -> Response[dict[str, object]]:
 
 @get("/metrics", sync_to_thread=True, tags=["ops"], summary="Prometheus text format", media_type=MediaType.TEXT)
 def metrics(container: Container) -> str:
-    names = [runner.projection.name for runner in container.runners]
+    names = [runner.name for runner in container.runners]
     head, statuses = projection_status(container.queues, container.pool, names, TRACKING_TABLE)
     lines = [
         "# HELP lineup_log_head Position of the newest event in the log.",

@@ -11,7 +11,6 @@ projection's pipeline with the rest of its batch.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,6 +47,22 @@ COLUMNS = "SELECT cursor, query, args, key, op, row FROM change_feed"
 PAGE = COLUMNS + " WHERE cursor > %s ORDER BY cursor LIMIT %s"  # every query's changes, after a cursor
 
 
+def publish(select: str, ctes: str = "") -> str:
+    """One statement that appends the rows of `select` (columns query, args, key, op, row, ord) to
+    the feed, numbered by `ord` right after the head, and moves the head past exactly them: no
+    gap, so a reader waiting for the head's cursor is never left waiting for a change that does
+    not exist. `ctes` may define what `select` reads (e.g. a DELETE ... RETURNING). Returns
+    nothing, so it travels in a pipeline; its row count is the number of changes."""
+    return f"""
+WITH {ctes} new AS ({select}),
+counted AS (SELECT count(*) AS n FROM new),
+head AS (UPDATE change_feed_head SET cursor = cursor + (SELECT n FROM counted) RETURNING cursor)
+INSERT INTO change_feed (cursor, query, args, key, op, row)
+SELECT head.cursor - counted.n + row_number() OVER (ORDER BY new.ord), new.query, new.args, new.key, new.op, new.row
+FROM new, head, counted
+"""  # noqa: S608 - `select` is one of the writers' constant statements
+
+
 def append(cursor: psycopg.Cursor[Any], changes: list[tuple[str, str, str, str, str | None]]) -> None:
     """Append (query, args, key, op, row json) changes in the caller's transaction, in order."""
     if not changes:
@@ -65,27 +80,16 @@ def append(cursor: psycopg.Cursor[Any], changes: list[tuple[str, str, str, str, 
     cursor.execute(NOTIFY)
 
 
-class Trimmer:
-    """The periodic clean-up of the feed: changes older than `keep_hours` go (default 24 h, the
-    contract's minimum for exact resumes); older cursors get a reset snapshot instead."""
+KEEP_HOURS = 24  # the contract's minimum for exact resumes; older cursors get a reset snapshot
 
-    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], keep_hours: float = 24, every: float = 600):
-        self.pool, self.keep_hours, self.every = pool, keep_hours, every
-        self._next = 0.0
-        self.removed = 0
 
-    def __call__(self) -> int:
-        """Trim when due; returns 0 so it never counts as projection work."""
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self.every
-            with self.pool.connection() as conn:
-                cursor = conn.execute(
-                    "DELETE FROM change_feed WHERE recorded_at < now() - make_interval(secs => %s)",
-                    (self.keep_hours * 3600,),
-                )
-                self.removed += cursor.rowcount
-        return 0
+def trim(pool: ConnectionPool[psycopg.Connection[Any]], keep_hours: float = KEEP_HOURS) -> int:
+    """Delete changes older than `keep_hours`; returns how many went."""
+    with pool.connection() as conn:
+        cursor = conn.execute(
+            "DELETE FROM change_feed WHERE recorded_at < now() - make_interval(secs => %s)", (keep_hours * 3600,)
+        )
+        return cursor.rowcount
 
 
 class ChangeFeed:

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from adapters.fanout import Change, Hub
-from adapters.postgres import changes
+from adapters.postgres import changes, notifications, stripe
 from adapters.postgres.queues import SUMMARY_ROW
 
 if TYPE_CHECKING:
@@ -26,26 +26,40 @@ log = logging.getLogger(__name__)
 PAGE = 1000
 
 
+ANYONE, SELF, OWNER = "anyone", "self", "owner"
+
+
 @dataclass(frozen=True)
 class LiveQuery:
-    """A query clients can follow: its one argument, and how to read its rows (key, row as HTTP
-    answers it) for a value of that argument."""
+    """A query clients can follow: its argument (the change feed's `args`), who may follow it, and
+    how to read its rows (key, row as HTTP answers it). The snapshot statement takes %(arg)s, and
+    may use %(since)s (an option, 0 when absent) and %(now)s (epoch ms)."""
 
     argument: str
     snapshot: str
+    access: str  # ANYONE; SELF: the user named by the argument; OWNER: the queue's owner (services: all)
+    options: tuple[str, ...] = ()
 
 
 LIVE_QUERIES = {
     "queue.summary": LiveQuery(
         "event_id",
-        f"SELECT s.event_id AS key, {SUMMARY_ROW} AS row FROM queue_summary s WHERE s.event_id = %s",  # noqa: S608
+        f"SELECT s.event_id AS key, {SUMMARY_ROW} AS row FROM queue_summary s WHERE s.event_id = %(arg)s",  # noqa: S608
+        ANYONE,
     ),
     "queue.event": LiveQuery(
-        "event_id", "SELECT key, row FROM live_rows WHERE query = 'queue.event' AND args = %s ORDER BY ord"
+        "event_id",
+        "SELECT key, row FROM live_rows WHERE query = 'queue.event' AND args = %(arg)s ORDER BY ord",
+        OWNER,
     ),
     "queue.user": LiveQuery(
-        "user_id", "SELECT key, row FROM live_rows WHERE query = 'queue.user' AND args = %s ORDER BY ord, key"
+        "user_id",
+        "SELECT key, row FROM live_rows WHERE query = 'queue.user' AND args = %(arg)s ORDER BY ord, key",
+        SELF,
     ),
+    "notifications.user": LiveQuery("user_id", notifications.FOR_USER, SELF, options=("since",)),
+    "stripe.account": LiveQuery("user_id", stripe.ACCOUNTS_OF_USER, SELF),
+    "payments.user": LiveQuery("user_id", stripe.PAYMENTS_OF_USER, SELF),
 }
 
 
@@ -66,11 +80,12 @@ class FeedReader:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield conn
 
-    def snapshot(self, query: str, args: str) -> tuple[int, dict[str, Any]]:
+    def snapshot(self, query: str, args: str, since: int = 0) -> tuple[int, dict[str, Any]]:
         """(cursor, rows by key): the rows exactly as of that cursor."""
+        params = {"arg": args, "since": since, "now": notifications.epoch_ms()}
         with self._consistent() as conn:
             head = conn.execute(changes.HEAD).fetchone()
-            rows = conn.execute(LIVE_QUERIES[query].snapshot, (args,)).fetchall()
+            rows = conn.execute(LIVE_QUERIES[query].snapshot, params).fetchall()
         return int(head["cursor"]) if head else 0, {row["key"]: row["row"] for row in rows}
 
     def owner(self, event_id: str) -> str | None:

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.utils import get_topic
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,8 +56,13 @@ class ProjectionRunner(Generic[W]):
         self.app, self.pool, self.projection = app, pool, projection
         self.writer, self.tracking, self.progress = writer, tracking, progress
         self.batch_size = batch_size
+        self.topics = {get_topic(cls) for cls in projection.event_types()}  # only these are decoded
         self.position = self.tracked()
         progress.register(projection.name, self.position)
+
+    @property
+    def name(self) -> str:
+        return self.projection.name
 
     def run_once(self) -> int:
         """Process the next batch of events; returns how many there were."""
@@ -71,7 +77,8 @@ class ProjectionRunner(Generic[W]):
                 with conn.pipeline():
                     writer = self.writer(cursor)
                     for notification in notifications:
-                        self.projection.process(self.app.mapper.to_domain_event(notification), writer)
+                        if notification.topic in self.topics:
+                            self.projection.process(self.app.mapper.to_domain_event(notification), writer)
                     writer.flush()
                 self.tracking._insert_tracking(cursor, Tracking(self.projection.name, last))
                 cursor.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, f"{self.projection.name}:{last}"))

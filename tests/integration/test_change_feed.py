@@ -14,6 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from adapters.postgres import changes
+from adapters.postgres.cleanup import Cleanup
 from adapters.postgres.database import Database
 from entrypoints.bootstrap import Container, build
 from entrypoints.settings import Settings
@@ -187,8 +188,6 @@ def test_the_clean_up_trims_changes_older_than_what_is_kept(container: Container
         changes.append(conn.cursor(), [change(1), change(2), change(3)])
         conn.execute("UPDATE change_feed SET recorded_at = now() - interval '25 hours' WHERE cursor <= 2")
         conn.commit()
-    trim = changes.Trimmer(container.pool, keep_hours=24)
-    assert trim() == 0
-    assert trim.removed == 2
+    assert Cleanup(container.pool, keep_hours=24).run().changes == 2
     feed = changes.ChangeFeed(container.pool)
     assert (feed.oldest(), feed.head()) == (3, 3)

@@ -1,0 +1,100 @@
+"""The notifications read model in PostgreSQL: table, writer, queries and the expiry clean-up."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from psycopg.types.json import Jsonb
+
+from adapters.postgres import changes
+from projections.notifications import NotificationsWriter
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+TABLES = ("notifications",)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS notifications (
+    notification_id text PRIMARY KEY,
+    user_id text NOT NULL,
+    type text NOT NULL,
+    data jsonb NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_user ON notifications (user_id, created_at, notification_id);
+CREATE INDEX IF NOT EXISTS notifications_expiry ON notifications (expires_at);
+"""
+
+# The notification exactly as HTTP answers it (feed, snapshots and the HTTP handler all use it).
+ROW = """jsonb_build_object('notification_id', n.notification_id, 'user_id', n.user_id, 'type', n.type,
+    'data', n.data, 'created_at', n.created_at, 'expires_at', n.expires_at)"""
+
+PUBLISH = changes.publish(
+    f"""SELECT 'notifications.user'::text AS query, n.user_id AS args, n.notification_id AS key,
+        'upsert'::text AS op, {ROW} AS row, row_number() OVER (ORDER BY n.created_at, n.notification_id) AS ord
+    FROM notifications n WHERE n.notification_id = ANY(%(ids)s)"""  # noqa: S608 - constants
+)
+
+# Unexpired rows of one user created at or after `since`, oldest first (HTTP and /ws snapshots).
+FOR_USER = f"""SELECT n.notification_id AS key, {ROW} AS row FROM notifications n
+    WHERE n.user_id = %(arg)s AND n.created_at >= %(since)s AND n.expires_at > %(now)s
+    ORDER BY n.created_at, n.notification_id"""  # noqa: S608 - constants
+
+EXPIRE = changes.publish(
+    """SELECT 'notifications.user'::text AS query, d.user_id AS args, d.notification_id AS key,
+        'remove'::text AS op, NULL::jsonb AS row, row_number() OVER (ORDER BY d.notification_id) AS ord
+    FROM d""",
+    ctes="d AS (DELETE FROM notifications WHERE expires_at <= %(now)s RETURNING notification_id, user_id),",
+)
+
+
+def epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class PostgresNotificationsWriter(NotificationsWriter):
+    """Inserts notifications in the runner's transaction; `flush()` puts them on the change feed."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any], ttl_ms: int) -> None:
+        self.cursor, self.ttl_ms = cursor, ttl_ms
+        self._created: list[str] = []
+
+    def notification_created(
+        self, notification_id: str, user_id: str, kind: str, data: dict[str, Any], at: int
+    ) -> None:
+        self.cursor.execute(
+            "INSERT INTO notifications (notification_id, user_id, type, data, created_at, expires_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (notification_id) DO NOTHING",
+            (notification_id, user_id, kind, Jsonb(data), at, at + self.ttl_ms),
+        )
+        self._created.append(notification_id)
+
+    def flush(self) -> None:
+        if self._created:
+            self.cursor.execute(PUBLISH, {"ids": self._created})
+            self.cursor.execute(changes.NOTIFY)
+            self._created = []
+
+
+class NotificationsReader:
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
+        self.pool = pool
+
+    def for_user(self, user_id: str, since: int = 0, now: int | None = None) -> list[dict[str, Any]]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(FOR_USER, {"arg": user_id, "since": since, "now": now or epoch_ms()}).fetchall()
+        return [row["row"] for row in rows]
+
+
+def delete_expired(pool: ConnectionPool[psycopg.Connection[Any]], now: int | None = None) -> int:
+    """Delete every expired notification, telling subscribers (`remove`); returns how many went."""
+    with pool.connection() as conn, conn.transaction():
+        cursor = conn.execute(EXPIRE, {"now": now or epoch_ms()})
+        removed = cursor.rowcount
+        if removed:
+            conn.execute(changes.NOTIFY)
+    return removed

@@ -57,7 +57,7 @@ def serve() -> None:
 
     from entrypoints.bootstrap import build
     from entrypoints.http import create_app
-    from entrypoints.workers import GracefulServer, check_port
+    from entrypoints.workers import WS_PING_INTERVAL, GracefulServer, check_port
 
     settings = Settings.from_env()
     _logging(settings.log_level)
@@ -77,6 +77,8 @@ def serve() -> None:
             lifespan="on",
             timeout_graceful_shutdown=10,
             proxy_headers=False,  # nothing reads the client address; saves work per request
+            ws_ping_interval=WS_PING_INTERVAL,
+            ws_ping_timeout=settings.ws_ping_timeout,
         )
         logging.getLogger("lineup").info("listening on http://%s:%d", settings.host, settings.port)
         GracefulServer(config).run()

@@ -43,6 +43,7 @@ class Settings:
     lock_timeout: int = 5
     log_level: str = "info"
     workers: int = 1
+    ws_ping_timeout: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +62,7 @@ class Settings:
             lock_timeout=_int(env, "LINEUP_DB_LOCK_TIMEOUT", 5, minimum=1),
             log_level=(env.get("LINEUP_LOG_LEVEL", "").strip() or "info").lower(),
             workers=_int(env, "LINEUP_WORKERS", 1, minimum=1),
+            ws_ping_timeout=_int(env, "LINEUP_WS_PING_TIMEOUT", 60, minimum=1),
         )
 
     def for_workers(self, database_url: str, jwt_secret: str) -> dict[str, str]:

@@ -20,9 +20,17 @@ from multiprocessing.process import BaseProcess
 import uvicorn
 
 from adapters.gateway import close_all_sessions
+from entrypoints.settings import Settings
 
 log = logging.getLogger("lineup")
 RESTART_PAUSE = 1.0
+# WebSocket heartbeat: uvicorn pings every socket every 20 s and drops (1011) one that has not answered
+# within LINEUP_WS_PING_TIMEOUT. The ping goes straight to the transport, past the session's outbox,
+# but behind what the kernel and the transport already hold for that client (up to tcp_wmem's maximum,
+# 4 MiB by default, plus 64 KiB and one frame). So the timeout is generous (60 s by default): a slow
+# client that still reads answers in time and is not cut off; one that reads nothing for that long is
+# treated as dead. uvicorn's default of 20 s dropped slow readers whose pong was stuck behind a backlog.
+WS_PING_INTERVAL = 20.0
 
 
 class GracefulServer(uvicorn.Server):
@@ -68,6 +76,8 @@ def _worker(env: dict[str, str], host: str, port: int, log_level: str) -> None:
         lifespan="on",
         timeout_graceful_shutdown=10,
         proxy_headers=False,
+        ws_ping_interval=WS_PING_INTERVAL,
+        ws_ping_timeout=Settings.from_env().ws_ping_timeout,
     )
     GracefulServer(config).run(sockets=[_listening_socket(host, port)])
 

@@ -1,4 +1,4 @@
-"""The `lineup` command: serve, migrate, token (operator commands grow here)."""
+"""The `lineup` command: serve, migrate, token; the operator commands live in entrypoints/operator.py."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import click
 import psycopg
 
 from adapters.embedded import EmbeddedServerError
+from entrypoints.operator import COMMANDS as operator_commands
 from entrypoints.settings import Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -135,6 +136,10 @@ def token(user_id: str, role: str, ttl: int) -> None:
     settings = Settings.from_env()
     _logging("warning")  # on stderr: which secret signed it, when none is configured
     click.echo(issue(jwt_secret(settings), user_id, role=role, ttl=ttl))
+
+
+for _command in operator_commands:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -18,26 +18,21 @@ from adapters.committer import GroupCommitter
 from adapters.embedded import EmbeddedPostgres
 from adapters.fanout import Hub
 from adapters.postgres import changes, live_rows
-from adapters.postgres import notifications as notifications_tables
-from adapters.postgres import queues as queues_tables
-from adapters.postgres import stripe as stripe_tables
 from adapters.postgres.cleanup import Cleanup
 from adapters.postgres.database import Database
 from adapters.postgres.feed import FeedReader
 from adapters.postgres.locks import QueueLocks
-from adapters.postgres.notifications import NotificationsReader, PostgresNotificationsWriter
+from adapters.postgres.notifications import NotificationsReader
 from adapters.postgres.projector import ProjectionRunner, ProjectorThread
-from adapters.postgres.queues import PostgresQueuesWriter, QueuesReader
-from adapters.postgres.stripe import PostgresStripeWriter, StripeReader
+from adapters.postgres.queues import QueuesReader
+from adapters.postgres.stripe import StripeReader
 from adapters.processor import EventProcessor
 from adapters.progress import Progress
 from domain.commands import stripe_policy
 from domain.queues import Queues
 from domain.stripe import StripeEvent
+from entrypoints.read_models import read_models
 from entrypoints.settings import Settings
-from projections.notifications import NotificationsProjection
-from projections.queues import QueuesProjection
-from projections.stripe import StripeProjection
 
 log = logging.getLogger("lineup")
 TRACKING_TABLE = "projection_tracking"
@@ -84,9 +79,8 @@ def migrate(settings: Settings, database: Database) -> Queues:
             queues = event_store(settings, database, create_tables=True)
             conn.execute(changes.DDL)
             conn.execute(live_rows.DDL)
-            conn.execute(queues_tables.DDL)
-            conn.execute(notifications_tables.DDL)
-            conn.execute(stripe_tables.DDL)
+            for model in read_models(settings).values():
+                conn.execute(model.ddl)
             tracking_recorder(queues).create_table()
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (database.lock_key("migrate"),))
@@ -177,18 +171,9 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         progress = Progress()
         locks = QueueLocks(database)
         tracking = tracking_recorder(queues)
-        ttl_ms = settings.notification_ttl * 1000
         runners: list[ProjectionRunner[Any]] = [
-            ProjectionRunner(queues, pool, QueuesProjection(), PostgresQueuesWriter, tracking, progress),
-            ProjectionRunner(
-                queues,
-                pool,
-                NotificationsProjection(),
-                lambda cursor: PostgresNotificationsWriter(cursor, ttl_ms),
-                tracking,
-                progress,
-            ),
-            ProjectionRunner(queues, pool, StripeProjection(), PostgresStripeWriter, tracking, progress),
+            ProjectionRunner(queues, pool, model.projection, model.writer, tracking, progress)
+            for model in read_models(settings).values()
         ]
         container = Container(
             settings=settings,

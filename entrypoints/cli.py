@@ -13,6 +13,7 @@ import psycopg
 
 from adapters.embedded import EmbeddedServerError
 from entrypoints.operator import COMMANDS as operator_commands
+from entrypoints.operator_rebuild import COMMANDS as rebuild_commands
 from entrypoints.settings import Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -138,7 +139,7 @@ def token(user_id: str, role: str, ttl: int) -> None:
     click.echo(issue(jwt_secret(settings), user_id, role=role, ttl=ttl))
 
 
-for _command in operator_commands:
+for _command in [*operator_commands, *rebuild_commands]:
     cli.add_command(_command)
 
 

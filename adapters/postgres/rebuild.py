@@ -1,0 +1,298 @@
+"""Rebuilding read models from the log beside the live ones, then comparing them or switching in one transaction.
+
+1. Scratch schemas `<schema>__rb_<projection>` are dropped and created again (so a run killed
+   with -9 leaves nothing a rerun trips on), with the read model's own DDL, unlogged. Their
+   `change_feed_head` has no row, so the writers' change-feed statements add nothing there.
+2. The real projections and writers replay the log into them in batches, one transaction each,
+   up to the live position: the live tracking row while a `lineup serve` projects, the log's head
+   when nobody does (then the switch moves the live tracking there too). Never beyond it.
+3. The switch, in one transaction: the live tables are locked against writers (SHARE ROW
+   EXCLUSIVE: readers go on; the live projector waits at its next write, it does not fail or
+   skip), the scratch tables catch up to the live position, and each table is compared row by
+   row. `verify` reports the differences and rolls back; `rebuild` changes only the differing
+   live rows and puts each change on the change feed (see rebuild_diff.py), then commits.
+
+Killing the process at any point leaves the live tables as they were: they only change in that
+last transaction. A session advisory lock per projection keeps two runs from sharing a scratch schema.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+from eventsourcing.utils import get_topic
+
+from adapters.postgres import changes, live_rows, rebuild_diff
+from adapters.postgres.projector import PROGRESS_CHANNEL
+from adapters.postgres.rebuild_tables import LIVE_ROWS, TABLES
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from eventsourcing.application import Application
+    from eventsourcing.persistence import Notification
+
+    from adapters.postgres.database import Database
+    from adapters.postgres.projector import BatchWriter
+    from adapters.postgres.rebuild_diff import Difference
+    from adapters.postgres.rebuild_tables import Table
+    from projections.base import Projection
+
+BATCH = 2000
+SWITCH_WAIT = 60.0  # seconds the switch waits for a live projector that is behind the rebuilt tables
+
+
+class RebuildBusyError(Exception):
+    """Another rebuild or verify of the same projection is running."""
+
+
+class ReadModel(Protocol):
+    """A projection with the writer it runs with and the DDL of that writer's tables."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def projection(self) -> Projection[Any]: ...
+    @property
+    def writer(self) -> Callable[[psycopg.Cursor[Any]], BatchWriter]: ...
+    @property
+    def ddl(self) -> str: ...
+
+
+@dataclass
+class Outcome:
+    positions: dict[str, int]  # each projection's log position the rebuilt tables reflect
+    differences: list[Difference]
+    events: int = 0  # log events read and processed
+    seconds: float = 0.0
+    switched: bool = False
+
+
+@dataclass
+class _Model:
+    model: ReadModel
+    scratch: str
+    topics: set[str]
+    position: int = 0
+    columns: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        return TABLES[self.model.name]
+
+    @property
+    def live_rows(self) -> bool:
+        return self.model.name in LIVE_ROWS
+
+
+class Rebuild:
+    """One run over the given read models; `progress(done, total)` is called after each batch."""
+
+    def __init__(  # noqa: PLR0913
+        self,
+        app: Application[Any],
+        database: Database,
+        models: Sequence[ReadModel],
+        *,
+        tracking_table: str,
+        batch_size: int = BATCH,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.app, self.database, self.batch_size = app, database, batch_size
+        self.tracking_table, self.progress = tracking_table, progress or (lambda _done, _total: None)
+        unknown = [m.name for m in models if m.name not in TABLES]
+        if unknown:
+            msg = f"no table description for {', '.join(unknown)}"
+            raise ValueError(msg)
+        self.models = [
+            _Model(m, f"{database.schema}__rb_{m.name}", {get_topic(t) for t in m.projection.event_types()})
+            for m in models
+        ]
+        self.topics = sorted(set().union(*(m.topics for m in self.models)))
+        self.events = 0
+
+    def run(self, *, apply: bool) -> Outcome:
+        """Build, then compare (`apply=False`) or switch (`apply=True`)."""
+        started = time.monotonic()
+        try:
+            with self.database.connect() as conn:
+                self._claim(conn)
+                self._prepare(conn)
+                self._build(conn)
+                outcome = self._switch(conn, apply=apply)
+        finally:
+            self._drop_scratch()
+        outcome.events, outcome.seconds = self.events, time.monotonic() - started
+        return outcome
+
+    def _claim(self, conn: psycopg.Connection[Any]) -> None:
+        for m in self.models:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s) AS won", (self.database.lock_key(f"rebuild:{m.model.name}"),)
+            ).fetchone()
+            if not (row and row["won"]):
+                msg = f"another rebuild or verify of {m.model.name} is running"
+                raise RebuildBusyError(msg)
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f'SELECT 1 FROM "{self.database.schema}".{self.tracking_table} LIMIT 0')  # noqa: S608 - migrated?
+        for m in self.models:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{m.scratch}" CASCADE')
+            conn.execute(f'CREATE SCHEMA "{m.scratch}"')
+            with conn.transaction():
+                conn.execute("SELECT set_config('search_path', %s, true)", (f'"{m.scratch}"',))
+                for ddl in (m.model.ddl, changes.DDL, live_rows.DDL):
+                    conn.execute(ddl.replace("CREATE TABLE", "CREATE UNLOGGED TABLE"))
+                conn.execute("DELETE FROM change_feed_head")  # the writers' feed rows go nowhere
+                for table in m.tables:
+                    m.columns[table.name] = rebuild_diff.columns(conn.cursor(), self.database.schema, table)
+        search_path = ", ".join(f'"{m.scratch}"' for m in self.models)  # writers' tables are unqualified
+        conn.execute("SELECT set_config('search_path', %s, false)", (search_path,))
+        conn.execute("SET synchronous_commit = off")  # scratch tables: nothing to wait for
+
+    def _drop_scratch(self) -> None:
+        try:
+            with self.database.connect() as conn:
+                for m in self.models:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{m.scratch}" CASCADE')
+        except psycopg.Error:
+            pass  # the next run drops them first anyway
+
+    def _projector_free(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether no `lineup serve` projects (in a transaction: nobody can start until it ends)."""
+        row = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s) AS won", (self.database.lock_key("projector"),)
+        ).fetchone()
+        return bool(row and row["won"])
+
+    def _targets(self, conn: psycopg.Connection[Any], *, free: bool) -> dict[str, int]:
+        if free:
+            head = self.app.recorder.max_notification_id() or 0
+            return {m.model.name: head for m in self.models}
+        rows = conn.execute(
+            f'SELECT application_name, notification_id FROM "{self.database.schema}".{self.tracking_table}'  # noqa: S608
+            " WHERE application_name = ANY(%s)",
+            ([m.model.name for m in self.models],),
+        ).fetchall()
+        tracked = {row["application_name"]: row["notification_id"] for row in rows}
+        return {m.model.name: tracked.get(m.model.name) or 0 for m in self.models}
+
+    def _build(self, conn: psycopg.Connection[Any]) -> None:
+        """Replay in the background until every scratch model is within a batch of its target."""
+        while True:
+            targets = self._targets(conn, free=self._projector_free(conn))
+            self.progress(min(m.position for m in self.models), max(targets.values()))
+            if all(targets[m.model.name] - m.position <= self.batch_size for m in self.models):
+                return
+            self._advance(conn, targets)
+
+    def _advance(self, conn: psycopg.Connection[Any], targets: dict[str, int]) -> None:
+        """One batch of events into the scratch tables, in one transaction."""
+        behind = [m for m in self.models if m.position < targets[m.model.name]]
+        if not behind:
+            return
+        start, stop = min(m.position for m in behind), max(targets[m.model.name] for m in behind)
+        notifications = self.app.recorder.select_notifications(
+            start=start, limit=self.batch_size, stop=stop, topics=self.topics, inclusive_of_start=False
+        )
+        if notifications:
+            with conn.transaction(), conn.cursor() as cursor, conn.pipeline():
+                self._process(cursor, notifications, behind, targets)
+        done = len(notifications) < self.batch_size  # the whole range was read
+        last = notifications[-1].id if notifications else stop
+        for m in behind:
+            m.position = targets[m.model.name] if done else max(m.position, min(last, targets[m.model.name]))
+        self.events += len(notifications)
+
+    def _process(
+        self,
+        cursor: psycopg.Cursor[Any],
+        notifications: Sequence[Notification],
+        behind: list[_Model],
+        targets: dict[str, int],
+    ) -> None:
+        writers = [(m, m.model.writer(cursor)) for m in behind]
+        for notification in notifications:
+            event = None
+            for m, writer in writers:
+                if m.position < notification.id <= targets[m.model.name] and notification.topic in m.topics:
+                    event = event or self.app.mapper.to_domain_event(notification)
+                    m.model.projection.process(event, writer)
+        for _m, writer in writers:
+            writer.flush()
+
+    def _switch(self, conn: psycopg.Connection[Any], *, apply: bool) -> Outcome:
+        deadline = time.monotonic() + SWITCH_WAIT
+        while True:
+            outcome = None
+            with conn.transaction():
+                free = self._projector_free(conn)
+                self._lock_live(conn)
+                targets = self._targets(conn, free=free)
+                if all(m.position <= targets[m.model.name] for m in self.models):
+                    while any(m.position < targets[m.model.name] for m in self.models):
+                        self._advance(conn, targets)
+                    self.progress(max(targets.values()), max(targets.values()))
+                    outcome = Outcome(targets, self._compare(conn), switched=apply)
+                    if not apply:
+                        raise psycopg.Rollback  # verify changes nothing
+                    self._apply(conn, targets, free=free)
+            if outcome is not None:
+                return outcome
+            if time.monotonic() > deadline:
+                msg = "the live projector stayed behind the rebuilt tables; try again"
+                raise TimeoutError(msg)
+            time.sleep(0.2)  # a projector took over meanwhile and is behind what we built: let it catch up
+
+    def _lock_live(self, conn: psycopg.Connection[Any]) -> None:
+        """Writers of these tables (the live projector, the clean-up, the live_rows publisher)
+        wait until commit; readers do not."""
+        schema = self.database.schema
+        tables = [f'"{schema}".{t.name}' for m in self.models for t in m.tables]
+        if any(m.live_rows for m in self.models):
+            tables.append(f'"{schema}".live_rows')
+        conn.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE ROW EXCLUSIVE MODE")
+
+    def _compare(self, conn: psycopg.Connection[Any]) -> list[Difference]:
+        now = time.time_ns() // 1_000_000
+        with conn.cursor() as cursor:
+            return [
+                difference
+                for m in self.models
+                for t in m.tables
+                for difference in rebuild_diff.compare(
+                    cursor, self.database.schema, m.scratch, t, m.columns[t.name], now
+                )
+            ]
+
+    def _apply(self, conn: psycopg.Connection[Any], targets: dict[str, int], *, free: bool) -> None:
+        schema = self.database.schema
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT set_config('search_path', %s, true)", (f'"{schema}"',))  # the feed's tables
+            published = 0
+            for m in self.models:
+                for t in m.tables:
+                    rebuild_diff.apply(cursor, schema, m.scratch, t, m.columns[t.name])
+                    published += rebuild_diff.publish(cursor, schema, t)
+                if m.live_rows:
+                    published += rebuild_diff.republish_queues(cursor, m.tables)
+            if published:
+                cursor.execute(changes.NOTIFY)
+            if free:  # nobody projects: the live tracking moves to what was rebuilt
+                for m in self.models:
+                    self._track(cursor, m.model.name, targets[m.model.name])
+
+    def _track(self, cursor: psycopg.Cursor[Any], name: str, position: int) -> None:
+        if not position:
+            return
+        cursor.execute(
+            f'INSERT INTO "{self.database.schema}".{self.tracking_table} (application_name, notification_id)'  # noqa: S608
+            " VALUES (%(name)s, %(position)s) ON CONFLICT (application_name) DO UPDATE"
+            " SET notification_id = excluded.notification_id"
+            f" WHERE {self.tracking_table}.notification_id < excluded.notification_id",
+            {"name": name, "position": position},
+        )
+        cursor.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, f"{name}:{position}"))

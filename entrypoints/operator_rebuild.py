@@ -1,0 +1,155 @@
+"""The operator commands `rebuild` and `verify` (the work is in adapters/postgres/rebuild.py).
+
+Both build the chosen read models again from the log into scratch tables while the live ones keep
+serving. `verify` prints each row that differs as one JSON line and exits 1 if any does;
+`rebuild` switches the live tables to the rebuilt rows in one transaction. Progress goes to stderr:
+a bar on a terminal, a plain line at most every second otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from adapters.postgres.rebuild import Outcome, Rebuild, RebuildBusyError
+from entrypoints.operator import DIFFERENT, OK, OperatorError, _database, _errors
+from entrypoints.read_models import read_models
+from entrypoints.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+INTERRUPTED = 130
+PLAIN_EVERY = 1.0  # seconds between progress lines when stderr is not a terminal
+
+
+class _Progress:
+    """Renders `(done, total)` log positions: a rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        self.start: int | None = None
+        self.last_line = 0.0
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} events/s"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None, rate="-")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.start is None:
+            self.start = done
+        elapsed = time.monotonic() - self.started
+        rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=max(total, 1), rate=f"{rate:,.0f}")
+            return
+        now = time.monotonic()
+        if now - self.last_line < PLAIN_EVERY and done < total:
+            return
+        self.last_line = now
+        share = 100 * done / total if total else 100.0
+        eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "?"
+        click.echo(f"{self.label}: {done}/{total} events ({share:.0f}%), {rate:,.0f} events/s, ETA {eta}", err=True)
+
+
+def _chosen(projection: str | None, *, every: bool) -> list[str]:
+    names = list(read_models(Settings()))
+    if every == (projection is not None):
+        msg = f"give one PROJECTION ({', '.join(names)}) or --all"
+        raise OperatorError(msg)
+    if projection is not None and projection not in names:
+        msg = f"unknown projection {projection!r} (known: {', '.join(names)})"
+        raise OperatorError(msg)
+    return names if every else [str(projection)]
+
+
+def _run(command: str, names: list[str], *, apply: bool) -> Outcome:
+    from entrypoints.bootstrap import TRACKING_TABLE, event_store
+
+    with _database() as (settings, database):
+        known = read_models(settings)
+        models = [known[name] for name in names]
+        app = event_store(settings, database, pool_size=2)
+        try:
+            with _Progress(f"{command} {'+'.join(names)}") as progress:
+                job = Rebuild(app, database, models, tracking_table=TRACKING_TABLE, progress=progress)
+                return job.run(apply=apply)
+        except (RebuildBusyError, TimeoutError) as error:
+            raise OperatorError(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo(f"lineup: {command} interrupted; the live read models are unchanged", err=True)
+            sys.exit(INTERRUPTED)
+        finally:
+            app.close()
+
+
+def _summary(outcome: Outcome) -> str:
+    kinds = [difference.kind for difference in outcome.differences]
+    counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+    positions = ", ".join(f"{name} at {position}" for name, position in outcome.positions.items())
+    rate = outcome.events / outcome.seconds if outcome.seconds else 0.0
+    rows = f"{len(kinds)} rows differed ({counts})" if kinds else "no row differed"
+    return f"{positions}: {rows}; {outcome.events} events in {outcome.seconds:.1f} s ({rate:,.0f}/s)"
+
+
+@click.command()
+@click.argument("projection", required=False)
+@click.option("--all", "every", is_flag=True, help="Every read model.")
+@_errors
+def rebuild(projection: str | None, every: bool) -> None:  # noqa: FBT001 - click passes flags so
+    """Rebuild read models from the log while the live ones serve, then switch them in one transaction."""
+    outcome = _run("rebuild", _chosen(projection, every=every), apply=True)
+    click.echo(f"rebuilt {_summary(outcome)}")
+    sys.exit(OK)
+
+
+@click.command()
+@click.argument("projection", required=False)
+@click.option("--all", "every", is_flag=True, help="Every read model.")
+@_errors
+def verify(projection: str | None, every: bool) -> None:  # noqa: FBT001 - click passes flags so
+    """Rebuild into scratch tables and print each row that differs from the live read model (exit 1)."""
+    outcome = _run("verify", _chosen(projection, every=every), apply=False)
+    for difference in outcome.differences:
+        line = {
+            "table": difference.table,
+            "key": difference.key,
+            "kind": difference.kind,
+            "live": difference.live,
+            "rebuilt": difference.rebuilt,
+        }
+        click.echo(json.dumps(line, default=str))
+    click.echo(f"verified {_summary(outcome)}", err=True)
+    sys.exit(DIFFERENT if outcome.differences else OK)
+
+
+COMMANDS: list[click.Command] = [rebuild, verify]

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from projections.base import Projection
 
 BATCH = 2000
+CLAIM_WAIT = 5
 SWITCH_WAIT = 60.0  # seconds the switch waits for a live projector that is behind the rebuilt tables
 
 
@@ -129,13 +130,16 @@ class Rebuild:
         return outcome
 
     def _claim(self, conn: psycopg.Connection[Any]) -> None:
+        """One run per projection at a time. Waits a little: the session of a run just killed with
+        -9 ends only when its server process notices."""
+        conn.execute(f"SET lock_timeout = '{CLAIM_WAIT}s'")
         for m in self.models:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(%s) AS won", (self.database.lock_key(f"rebuild:{m.model.name}"),)
-            ).fetchone()
-            if not (row and row["won"]):
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s)", (self.database.lock_key(f"rebuild:{m.model.name}"),))
+            except psycopg.errors.LockNotAvailable:
                 msg = f"another rebuild or verify of {m.model.name} is running"
-                raise RebuildBusyError(msg)
+                raise RebuildBusyError(msg) from None
+        conn.execute("SET lock_timeout = 0")
 
     def _prepare(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(f'SELECT 1 FROM "{self.database.schema}".{self.tracking_table} LIMIT 0')  # noqa: S608 - migrated?

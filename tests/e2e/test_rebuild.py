@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
+from adapters.postgres.database import Database
 from tests.e2e.conftest import LineupServer
 
 LINEUP = Path(sys.executable).parent / "lineup"
@@ -147,5 +149,74 @@ def test_on_an_unmigrated_schema_verify_exits_2(server: LineupServer) -> None:
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-def _unused() -> None:  # pragma: no cover
-    _ = (signal, time)
+def table_rows(server: LineupServer, schema: str) -> dict[str, list[dict[str, Any]]]:
+    settings = server.settings
+    tables = ["queue_summary", "queue_entries", "notifications", "stripe_accounts", "payments", "projection_tracking"]
+    with psycopg.connect(str(settings.database_url), autocommit=True, row_factory=dict_row) as conn:
+        return {t: conn.execute(f'SELECT * FROM "{schema}".{t} ORDER BY 1').fetchall() for t in tables}
+
+
+def rebuild_process(env: dict[str, str], kill_after: float | None = None) -> tuple[int, float]:
+    """`lineup rebuild --all`, returned after its first progress line (then `kill_after` s and kill -9),
+    or after its exit when not killed. Returns its exit code and the seconds since that line."""
+    process = subprocess.Popen(
+        [str(LINEUP), "rebuild", "--all"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    assert "events" in first, first
+    started = time.monotonic()
+    if kill_after is None:
+        process.stderr.read()
+    else:
+        time.sleep(kill_after)
+        process.send_signal(signal.SIGKILL)
+    code = process.wait(60)
+    process.stderr.close()
+    return code, time.monotonic() - started
+
+
+def test_kill_9_during_rebuild_leaves_the_live_model_untouched_and_a_rerun_succeeds(server: LineupServer) -> None:
+    from domain.queues import Queues
+    from entrypoints.bootstrap import migrate
+    from scripts.generate_events import generate
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"  # no `lineup serve` projects here: rebuild goes to the head
+    settings = dataclasses.replace(server.settings, database_schema=schema)
+    database = Database(str(settings.database_url), schema)
+    app: Queues = migrate(settings, database)
+    try:
+        with database.connect() as conn:
+            generate(app, conn, 6000, queues=20, batch=2000)
+        env = env_of(settings, schema)
+        code, building = rebuild_process(env)
+        assert code == 0
+        with database.connect() as conn:
+            conn.execute(
+                "INSERT INTO payments (payment_id, amount, currency, status, updated_at)"
+                " VALUES ('pi_forged', 1, 'eur', 'failed', 1)"
+            )
+        live = table_rows(server, schema)
+        for share in (0.1, 0.4, 0.7):
+            code, _ = rebuild_process(env, kill_after=share * building)
+            assert code == -signal.SIGKILL, "it ended before it could be killed"
+            assert table_rows(server, schema) == live
+        rerun = lineup("rebuild", "--all", env=env)
+        assert rerun.returncode == 0, rerun.stderr
+        rebuilt = table_rows(server, schema)
+        assert not any(row["payment_id"] == "pi_forged" for row in rebuilt["payments"])
+        assert len(rebuilt["queue_entries"]) > 1000
+        head = app.recorder.max_notification_id()
+        tracked = {row["application_name"]: row["notification_id"] for row in rebuilt["projection_tracking"]}
+        assert {name: tracked.get(name) for name in ("queues", "notifications", "stripe")} == dict.fromkeys(
+            ("queues", "notifications", "stripe"), head
+        )
+        verified = lineup("verify", "--all", env=env)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        with database.connect() as conn:
+            scratch = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"{schema}__rb_%",))
+            assert scratch.fetchall() == []
+    finally:
+        app.close()
+        with database.connect() as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +19,8 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
+from adapters.client import LiveClient
+from adapters.postgres import changes
 from adapters.postgres.database import Database
 from tests.e2e.conftest import LineupServer
 
@@ -220,3 +224,78 @@ def test_kill_9_during_rebuild_leaves_the_live_model_untouched_and_a_rerun_succe
         app.close()
         with database.connect() as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def ws_url(server: LineupServer) -> str:
+    return server.base_url.replace("http://", "ws://") + "/ws"
+
+
+def test_rebuild_beside_a_serving_server_keeps_reads_answering_and_sockets_end_equal(
+    server: LineupServer, client: httpx.Client
+) -> None:
+    event_id, fans = scenario(client, server)
+    before = reads(client, server, event_id, fans)
+    entry_id = sql(
+        server, "SELECT entry_id FROM queue_entries WHERE event_id = %s AND status = 'waiting' LIMIT 1", (event_id,)
+    )[0]["entry_id"]
+    note_id = sql(server, "SELECT notification_id FROM notifications WHERE user_id = %s LIMIT 1", (fans[1],))[0][
+        "notification_id"
+    ]
+
+    async def watch() -> None:
+        async with LiveClient(ws_url(server), server.token("backend", role="service")) as live:
+            entries = await live.subscribe("queue.event", {"event_id": event_id})
+            mine = await live.subscribe("queue.user", {"user_id": fans[1]})
+            notes = await live.subscribe("notifications.user", {"user_id": fans[1]})
+            summary = await live.subscribe("queue.summary", {"event_id": event_id})
+            views = (entries, mine, notes, summary)
+            truth = [dict(view.rows) for view in views]
+            # Corrupt the read model *and* what subscribers were told (the publisher republishes a
+            # dirty queue; a feed row removes the notification), so the switch has to correct them.
+            sql(server, "UPDATE queue_entries SET status = 'called' WHERE entry_id = %s", (entry_id,))
+            sql(
+                server,
+                "INSERT INTO live_dirty (queue_id) SELECT queue_id FROM queue_summary WHERE event_id = %s",
+                (event_id,),
+            )
+            sql(server, "DELETE FROM notifications WHERE notification_id = %s", (note_id,))
+            with (
+                psycopg.connect(
+                    str(server.settings.database_url),
+                    row_factory=dict_row,
+                    options=f"-c search_path={server.settings.database_schema}",
+                ) as conn,
+                conn.transaction(),
+                conn.cursor() as cursor,
+            ):
+                changes.append(cursor, [("notifications.user", fans[1], note_id, "remove", None)])
+            await entries.wait_for(lambda rows: rows.get(entry_id, {}).get("status") == "called", timeout=10)
+            await notes.wait_for(lambda rows: note_id not in rows, timeout=10)
+
+            stop = threading.Event()
+            statuses: list[int] = []
+
+            def keep_reading() -> None:
+                with server.client() as http:
+                    while not stop.is_set():
+                        statuses.extend(status for _path, status, _body in reads(http, server, event_id, fans))
+
+            reader = threading.Thread(target=keep_reading)
+            reader.start()
+            try:
+                done = await asyncio.to_thread(lineup, "rebuild", "--all", env=env_of(server.settings))
+            finally:
+                stop.set()
+                reader.join()
+            assert done.returncode == 0, done.stderr
+            assert statuses
+            assert set(statuses) == {200}
+            for view, rows in zip(views, truth, strict=True):
+                await view.wait_for(lambda now, rows=rows: now == rows, timeout=10)
+            async with LiveClient(ws_url(server), server.token("backend", role="service")) as fresh:
+                for view in views:
+                    snapshot = await fresh.subscribe(view.query, view.args)
+                    assert snapshot.rows == view.rows
+
+    asyncio.run(watch())
+    assert reads(client, server, event_id, fans) == before

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from adapters.postgres.rebuild import Outcome, Rebuild, RebuildBusyError
+from adapters.postgres.rebuild import SWITCHING, Outcome, Rebuild, RebuildBusyError
+from adapters.postgres.rebuild_memory import memory_writers
 from entrypoints.operator import DIFFERENT, OK, OperatorError, _database, _errors
 from entrypoints.read_models import read_models
 from entrypoints.settings import Settings
@@ -29,7 +30,7 @@ PLAIN_EVERY = 1.0  # seconds between progress lines when stderr is not a termina
 
 
 class _Progress:
-    """Renders `(done, total)` log positions: a rich bar on a terminal, plain lines otherwise."""
+    """Renders the run's progress (log positions): a rich bar on a terminal, plain lines otherwise."""
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -64,16 +65,20 @@ class _Progress:
         if self.bar is not None:
             self.bar.stop()
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, phase: str, done: int, total: int) -> None:
         if self.start is None:
             self.start = done
         elapsed = time.monotonic() - self.started
         rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
         if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=max(total, 1), rate=f"{rate:,.0f}")
+            label = f"{self.label} (switching)" if phase == SWITCHING else self.label
+            self.bar.update(self.task, description=label, completed=done, total=max(total, 1), rate=f"{rate:,.0f}")
+            return
+        if phase == SWITCHING:
+            click.echo(f"{self.label}: {done} events read, switching (live tables locked for writers)", err=True)
             return
         now = time.monotonic()
-        if now - self.last_line < PLAIN_EVERY and done < total:
+        if now - self.last_line < PLAIN_EVERY:
             return
         self.last_line = now
         share = 100 * done / total if total else 100.0
@@ -101,7 +106,8 @@ def _run(command: str, names: list[str], *, apply: bool) -> Outcome:
         app = event_store(settings, database, pool_size=2)
         try:
             with _Progress(f"{command} {'+'.join(names)}") as progress:
-                job = Rebuild(app, database, models, tracking_table=TRACKING_TABLE, progress=progress)
+                twins = memory_writers(settings.notification_ttl * 1000)
+                job = Rebuild(app, database, models, tracking_table=TRACKING_TABLE, progress=progress, twins=twins)
                 return job.run(apply=apply)
         except (RebuildBusyError, TimeoutError) as error:
             raise OperatorError(str(error)) from None

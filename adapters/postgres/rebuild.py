@@ -18,6 +18,7 @@ last transaction. A session advisory lock per projection keeps two runs from sha
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,7 +31,7 @@ from adapters.postgres.projector import PROGRESS_CHANNEL
 from adapters.postgres.rebuild_tables import LIVE_ROWS, TABLES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from eventsourcing.application import Application
     from eventsourcing.persistence import Notification
@@ -42,12 +43,20 @@ if TYPE_CHECKING:
     from projections.base import Projection
 
 BATCH = 2000
+BUILDING, SWITCHING = "building", "switching"
 CLAIM_WAIT = 5
 SWITCH_WAIT = 60.0  # seconds the switch waits for a live projector that is behind the rebuilt tables
 
 
 class RebuildBusyError(Exception):
     """Another rebuild or verify of the same projection is running."""
+
+
+class Twin(Protocol):
+    """An in-memory writer (rebuild_memory.py): `copy` writes its rows into the scratch tables."""
+
+    def flush(self) -> None: ...
+    def copy(self, cursor: psycopg.Cursor[Any]) -> int: ...
 
 
 class ReadModel(Protocol):
@@ -79,6 +88,7 @@ class _Model:
     topics: set[str]
     position: int = 0
     columns: dict[str, list[str]] = field(default_factory=dict)
+    twin: Twin | None = None  # the bulk goes here, then into the scratch tables by COPY
 
     @property
     def tables(self) -> tuple[Table, ...]:
@@ -90,7 +100,8 @@ class _Model:
 
 
 class Rebuild:
-    """One run over the given read models; `progress(done, total)` is called after each batch."""
+    """One run over the given read models; `progress(phase, done, total)` follows it: BUILDING after
+    each batch (log positions), then SWITCHING once the live tables are locked and caught up."""
 
     def __init__(  # noqa: PLR0913
         self,
@@ -100,10 +111,11 @@ class Rebuild:
         *,
         tracking_table: str,
         batch_size: int = BATCH,
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+        twins: Mapping[str, Callable[[], Twin]] | None = None,
     ) -> None:
         self.app, self.database, self.batch_size = app, database, batch_size
-        self.tracking_table, self.progress = tracking_table, progress or (lambda _done, _total: None)
+        self.tracking_table, self.progress = tracking_table, progress or (lambda _phase, _done, _total: None)
         unknown = [m.name for m in models if m.name not in TABLES]
         if unknown:
             msg = f"no table description for {', '.join(unknown)}"
@@ -112,6 +124,8 @@ class Rebuild:
             _Model(m, f"{database.schema}__rb_{m.name}", {get_topic(t) for t in m.projection.event_types()})
             for m in models
         ]
+        for m in self.models:
+            m.twin = twins[m.model.name]() if twins and m.model.name in twins else None
         self.topics = sorted(set().union(*(m.topics for m in self.models)))
         self.events = 0
 
@@ -132,6 +146,9 @@ class Rebuild:
     def _claim(self, conn: psycopg.Connection[Any]) -> None:
         """One run per projection at a time. Waits a little: the session of a run just killed with
         -9 ends only when its server process notices."""
+        with contextlib.suppress(psycopg.errors.UndefinedObject):  # PostgreSQL < 14 has no such check
+            # A run killed while it waits for a lock must not leave its session (and its claim) behind.
+            conn.execute("SET client_connection_check_interval = '1s'")
         conn.execute(f"SET lock_timeout = '{CLAIM_WAIT}s'")
         for m in self.models:
             try:
@@ -188,10 +205,21 @@ class Rebuild:
         """Replay in the background until every scratch model is within a batch of its target."""
         while True:
             targets = self._targets(conn, free=self._projector_free(conn))
-            self.progress(min(m.position for m in self.models), max(targets.values()))
+            self.progress(BUILDING, min(m.position for m in self.models), max(targets.values()))
             if all(targets[m.model.name] - m.position <= self.batch_size for m in self.models):
+                self._spill(conn)
                 return
             self._advance(conn, targets)
+
+    def _spill(self, conn: psycopg.Connection[Any]) -> None:
+        """The twins' rows into the scratch tables; from here on the PostgreSQL writers go on."""
+        for m in self.models:
+            if m.twin is not None:
+                with conn.transaction(), conn.cursor() as cursor:
+                    m.twin.copy(cursor)
+                    for table in m.tables:
+                        cursor.execute(f'ANALYZE "{m.scratch}".{table.name}')
+                m.twin = None
 
     def _advance(self, conn: psycopg.Connection[Any], targets: dict[str, int]) -> None:
         """One batch of events into the scratch tables, in one transaction."""
@@ -203,8 +231,11 @@ class Rebuild:
             start=start, limit=self.batch_size, stop=stop, topics=self.topics, inclusive_of_start=False
         )
         if notifications:
-            with conn.transaction(), conn.cursor() as cursor, conn.pipeline():
-                self._process(cursor, notifications, behind, targets)
+            if any(m.twin is None for m in behind):
+                with conn.transaction(), conn.cursor() as cursor, conn.pipeline():
+                    self._process(cursor, notifications, behind, targets)
+            else:
+                self._process(None, notifications, behind, targets)
         done = len(notifications) < self.batch_size  # the whole range was read
         last = notifications[-1].id if notifications else stop
         for m in behind:
@@ -213,12 +244,14 @@ class Rebuild:
 
     def _process(
         self,
-        cursor: psycopg.Cursor[Any],
+        cursor: psycopg.Cursor[Any] | None,
         notifications: Sequence[Notification],
         behind: list[_Model],
         targets: dict[str, int],
     ) -> None:
-        writers = [(m, m.model.writer(cursor)) for m in behind]
+        writers: list[tuple[_Model, Any]] = [
+            (m, m.twin if m.twin is not None or cursor is None else m.model.writer(cursor)) for m in behind
+        ]
         for notification in notifications:
             event = None
             for m, writer in writers:
@@ -239,7 +272,7 @@ class Rebuild:
                 if all(m.position <= targets[m.model.name] for m in self.models):
                     while any(m.position < targets[m.model.name] for m in self.models):
                         self._advance(conn, targets)
-                    self.progress(max(targets.values()), max(targets.values()))
+                    self.progress(SWITCHING, max(targets.values()), max(targets.values()))
                     outcome = Outcome(targets, self._compare(conn), switched=apply)
                     if not apply:
                         raise psycopg.Rollback  # verify changes nothing

@@ -62,6 +62,7 @@ def compare(  # noqa: PLR0913
         FULL JOIN (SELECT {listed} FROM "{scratch}".{table.name} WHERE {current}) r ON l.{k} = r.{k}
         WHERE l.{k} IS NULL OR r.{k} IS NULL OR ({left}) IS DISTINCT FROM ({right})"""  # noqa: S608 - ours
     )
+    cursor.execute(f"ANALYZE {_diff_table(table)}")  # temporary tables get no statistics otherwise
     rows = cursor.execute(
         f"SELECT kind, key::text AS key, live, rebuilt FROM {_diff_table(table)} ORDER BY kind, key::text"  # noqa: S608
     ).fetchall()

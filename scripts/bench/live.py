@@ -19,7 +19,10 @@ Prints a summary and a JSON line last. Every process started here is stopped, al
 from __future__ import annotations
 
 import argparse
+import bisect
+import collections
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -35,17 +38,17 @@ from typing import Any
 
 import psycopg
 from barews import BareServer, padded_frame
-from commands import code_version, command_line, drop_schema, open_queue
-from httpload import percentile
-from server import Server, free_port, process_cpu
+from commands import EVENTS_TABLE, code_version, command_line, drop_schema, open_queue
+from httpload import join_path, percentile
+from paced import Request, Sent, raw_request, run_paced
+from server import Server, free_port, machine_busy, postgres_cpu, process_cpu
 from wsclients import ClientPool, Spec
 
 from entrypoints.auth import issue
 
 HOST = "127.0.0.1"
 TARGET_RATIO, TARGET_KIB = 1.25, 30.0
-# TODO(issue 3): commit->socket latency under ~1,000 commands/s (a paced load generator joining several
-# queues while 100 sockets are subscribed) is not measured yet; this script covers single changes only.
+TARGET_SUSTAINED_P50_MS, TARGET_SUSTAINED_P99_MS = 5.0, 25.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,10 +61,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--client-procs", type=int, default=0, help="client processes (default: N/2500, 4 to 8)")
     parser.add_argument("--changes", type=int, default=5, help="changes (rounds) per N, 1 s apart")
     parser.add_argument("--concurrency", type=int, default=50, help="handshakes in flight per client process")
+    parser.add_argument(
+        "--phase",
+        choices=("fanout", "sustained", "both"),
+        default="fanout",
+        help="fanout: one change to N sockets (--sizes); sustained: commit->socket latency under paced load",
+    )
+    parser.add_argument("--rate", type=int, default=1000, help="sustained: commands per second (joins and leaves)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="sustained: how long the load runs")
+    parser.add_argument(
+        "--queues", type=int, default=10, help="sustained: queues (even ones get joins, odd ones leaves)"
+    )
+    parser.add_argument(
+        "--sockets", type=int, default=100, help="sustained: sockets, socket i follows queue i %% queues"
+    )
+    parser.add_argument("--load-procs", type=int, default=2, help="sustained: load-generator processes")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not args.sizes or min(args.sizes) < 1 or args.changes < 1:
         parser.error("--sizes and --changes must be positive")
+    if args.queues < 2 or args.sockets < args.queues or args.rate < 1 or args.seconds <= 0:
+        parser.error("--queues >= 2, --sockets >= --queues, --rate and --seconds positive")
     return args
 
 
@@ -188,9 +208,202 @@ def measure_bare(args: argparse.Namespace, n: int, frame_len: int) -> dict[str, 
         bare.stop()
 
 
-def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
-    print("\nLive: fan-out of one change (latency from the HTTP ack; bare: from broadcast()) and idle memory")
-    print(f"{'N':>7} | {'Lineup p50/p99/last ms':>24} | {'bare p50/p99/last ms':>22} | ratio p99 | KiB/conn L / bare")
+# -- sustained: commit -> socket latency under paced load ----------------------------------------------
+
+
+def leave_ranks(url: str, schema: str) -> dict[str, int]:
+    """entry_id -> k for the k-th UserLeft event of its queue (1-based, in the queue's version order)."""
+    ranks: dict[str, int] = {}
+    counts: collections.Counter[str] = collections.Counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            f'SELECT originator_id, state FROM "{schema}".{EVENTS_TABLE} WHERE topic LIKE %s'
+            " ORDER BY originator_id, originator_version",
+            ("%UserLeft%",),
+        ).fetchall()
+    for originator, state in rows:
+        counts[str(originator)] += 1
+        ranks[json.loads(bytes(state))["entry_id"]] = counts[str(originator)]
+    return ranks
+
+
+def schedule(
+    args: argparse.Namespace, server: Server, secret: str, queues: list[str]
+) -> tuple[list[Request], list[Request]]:
+    """(prefill, load): command i of the load goes to queue i % Q at i / rate s; even queues get joins of new
+    users, odd queues get leaves of users the prefill put there (each user leaves once)."""
+    total = round(args.rate * args.seconds)
+    load, prefill, leavers = [], [], collections.Counter[int]()
+    for i in range(total):
+        q = i % len(queues)
+        if q % 2 == 0:
+            token = issue(secret, f"load-{q}-{i}", ttl=6 * 3600)
+            load.append(Request(i / args.rate, q, "join", raw_request(HOST, server.port, join_path(queues[q]), token)))
+        else:
+            token = issue(secret, f"prefill-{q}-{leavers[q]}", ttl=6 * 3600)
+            path = f"/events/{queues[q]}/queue/leave"
+            load.append(Request(i / args.rate, q, "leave", raw_request(HOST, server.port, path, token)))
+            at = len(prefill) / 2000  # the prefill joins go in at 2,000/s
+            prefill.append(Request(at, q, "join", raw_request(HOST, server.port, join_path(queues[q]), token)))
+            leavers[q] += 1
+    return prefill, load
+
+
+def match(
+    sent: list[Sent],
+    frames: list[tuple[int, str, int, int, int]],
+    queues: list[str],
+    start_waiting: dict[int, int],
+    ranks: dict[str, int],
+) -> dict[str, Any]:
+    """Per (command, socket following its queue): the first change frame whose `waiting` includes the command.
+
+    Join queues only grow: a join answered with position p is in every summary with waiting >= p (the
+    position of a new entry is the number waiting right after its event). Leave queues only shrink: the
+    k-th leave of a queue (k from the event log) is in every summary with waiting <= W0 - k.
+    """
+    by_socket: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    queue_of: dict[int, int] = {}
+    for socket, event_id, cursor, waiting, at in frames:
+        by_socket[socket].append((cursor, waiting, at))
+        queue_of[socket] = queues.index(event_id)
+    followers: dict[int, list[int]] = collections.defaultdict(list)
+    keys: dict[int, list[int]] = {}
+    times: dict[int, list[int]] = {}
+    unordered = 0
+    for socket, rows in by_socket.items():
+        rows.sort()
+        q = queue_of[socket]
+        followers[q].append(socket)
+        sign = 1 if q % 2 == 0 else -1  # keys ascending in both kinds of queue
+        keys[socket] = [sign * waiting for _, waiting, _ in rows]
+        times[socket] = [at for _, _, at in rows]
+        unordered += sum(1 for a, b in itertools.pairwise(keys[socket]) if b < a)
+    from_ack: list[float] = []
+    from_sent: list[float] = []
+    missing = early = 0
+    for command in sent:
+        if not 200 <= command.status < 300:
+            continue
+        if command.kind == "join":
+            if command.position is None:
+                continue
+            key = command.position
+        else:
+            key = -(start_waiting[command.queue] - ranks[command.entry_id])
+        for socket in followers[command.queue]:
+            at = bisect.bisect_left(keys[socket], key)
+            if at == len(keys[socket]):
+                missing += 1
+                continue
+            arrived = times[socket][at]
+            early += arrived < command.acked_ns
+            from_ack.append((arrived - command.acked_ns) / 1e6)
+            from_sent.append((arrived - command.sent_ns) / 1e6)
+    return {
+        "from_ack": stats(from_ack),
+        "from_sent": stats(from_sent),
+        "pairs": len(from_ack),
+        "missing": missing,
+        "before_ack": early,
+        "unordered_frames": unordered,
+        "sockets_with_frames": len(by_socket),
+    }
+
+
+def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdir: Path) -> dict[str, Any]:
+    os.environ["LINEUP_WORKERS"] = "1"
+    server = Server.start(
+        database_url=args.database_url, schema=schema, secret=secret, host=HOST, port=free_port(HOST), workdir=workdir
+    )
+    pool: ClientPool | None = None
+    try:
+        tag = secrets.token_hex(3)
+        queues = [f"load-{q}-{tag}" for q in range(args.queues)]
+        for event_id in queues:
+            open_queue(server, secret, event_id)
+        prefill, load = schedule(args, server, secret, queues)
+        print(f"sustained: prefill {len(prefill):,} joins into the leave queues ...", flush=True)
+        done = run_paced(HOST, server.port, prefill, procs=args.load_procs)
+        refused = [r.status for r in done if r.status != 201]
+        if refused:
+            msg = f"prefill: {len(refused)} joins refused: {collections.Counter(refused)}"
+            raise RuntimeError(msg)
+        start_waiting = collections.Counter(r.queue for r in done)
+        spec = Spec(
+            f"ws://{HOST}:{server.port}/ws", "record", 0, args.sockets, args.concurrency, secret, "", tuple(queues)
+        )
+        pool = ClientPool.start(spec, args.sockets, 2)
+        connected = pool.wait_connected(120)
+        time.sleep(1.0)
+        pool.arm()
+        print(
+            f"  {connected} sockets follow queue.summary of {len(queues)} queues; {len(load):,} commands"
+            f" at {args.rate:,}/s for {args.seconds:g} s from {args.load_procs} processes ...",
+            flush=True,
+        )
+        busy0, total0 = machine_busy()
+        cpu0, pg0 = process_cpu(server.process.pid), postgres_cpu()
+        sent = run_paced(HOST, server.port, load, procs=args.load_procs)
+        busy1, total1 = machine_busy()
+        cpu1, pg1 = process_cpu(server.process.pid), postgres_cpu()
+        time.sleep(2.0)
+        frames = pool.collect_frames(0)
+        ranks = leave_ranks(args.database_url, schema)
+    except Exception:
+        print(f"server log (tail):\n{server.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+        server.stop()
+    ok = [r for r in sent if 200 <= r.status < 300]
+    window = (max(r.acked_ns for r in sent) - min(r.sent_ns for r in sent)) / 1e9
+    http = sorted((r.acked_ns - r.sent_ns) / 1e6 for r in ok)
+    late = sorted(r.late_ms for r in sent)
+    result = {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "queues": args.queues,
+        "sockets": connected,
+        "commands": len(sent),
+        "ok": len(ok),
+        "errors": dict(collections.Counter(r.status for r in sent if not 200 <= r.status < 300)),
+        "achieved_per_s": round(len(ok) / window, 1),
+        "http_p50_ms": round(percentile(http, 0.5), 2),
+        "http_p99_ms": round(percentile(http, 0.99), 2),
+        "late_p99_ms": round(percentile(late, 0.99), 2),
+        "frames": len(frames),
+        "server_cpu_s": round(cpu1 - cpu0, 2),
+        "postgres_cpu_s": round(pg1 - pg0, 2),
+        "machine_busy": round((busy1 - busy0) / max(1e-9, total1 - total0), 3),
+        **match(sent, frames, queues, start_waiting, ranks),
+    }
+    lat = result["from_ack"]
+    print(
+        f"  commit -> socket: p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['last']:.1f} ms"
+        f" over {result['pairs']:,} (command, socket) pairs, {result['missing']} missing,"
+        f" {result['before_ack']} read before the HTTP answer; from the request: p50 {result['from_sent']['p50']:.1f}"
+        f" / p99 {result['from_sent']['p99']:.1f} ms",
+        flush=True,
+    )
+    print(
+        f"  {result['ok']:,} commands ok at {result['achieved_per_s']:,.0f}/s (errors {result['errors']}), HTTP p50 /"
+        f" p99 {result['http_p50_ms']:.1f} / {result['http_p99_ms']:.1f} ms,"
+        f" pacing late p99 {result['late_p99_ms']:.1f} ms; {result['frames']:,} change frames;"
+        f" server CPU {result['server_cpu_s']} s, PostgreSQL"
+        f" {result['postgres_cpu_s']} s; machine busy {result['machine_busy']:.0%}",
+        flush=True,
+    )
+    return result
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]], sustained: dict[str, Any] | None) -> dict[str, Any]:
+    if results:
+        print("\nLive: fan-out of one change (latency from the HTTP ack; bare: from broadcast()) and idle memory")
+        print(
+            f"{'N':>7} | {'Lineup p50/p99/last ms':>24} | {'bare p50/p99/last ms':>22} | ratio p99 | KiB/conn L / bare"
+        )
     for r in results:
         lu, bare = r["lineup"], r["bare"]
         r["ratio_p99"] = round(lu["median_p99_ms"] / bare["median_p99_ms"], 2) if bare["median_p99_ms"] > 0 else None
@@ -200,8 +413,19 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
             f" | {bare['median_p50_ms']:6.1f} /{bare['median_p99_ms']:6.1f} /{bare['median_last_ms']:6.1f}"
             f" | {r['ratio_p99']} {'met' if ok else 'NOT met'} | {lu['kib_per_conn']:.1f} / {bare['kib_per_conn']:.1f}"
         )
-    print(f"(medians over {args.changes} changes; targets: ratio <= {TARGET_RATIO}, Lineup <= {TARGET_KIB} KiB/conn)")
-    print("TODO(issue 3): commit->socket latency at ~1,000 commands/s is not measured by this script yet.")
+    if results:
+        print(
+            f"(medians over {args.changes} changes; targets: ratio <= {TARGET_RATIO}, Lineup <= {TARGET_KIB} KiB/conn)"
+        )
+    if sustained is not None:
+        lat = sustained["from_ack"]
+        met = lat["p50"] <= TARGET_SUSTAINED_P50_MS and lat["p99"] <= TARGET_SUSTAINED_P99_MS
+        print(
+            f"\nLive: commit -> socket under {sustained['achieved_per_s']:,.0f} commands/s,"
+            f" {sustained['sockets']} sockets: p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} ms"
+            f" (targets {TARGET_SUSTAINED_P50_MS:g} / {TARGET_SUSTAINED_P99_MS:g}: {'met' if met else 'NOT met'});"
+            f" machine busy {sustained['machine_busy']:.0%}"
+        )
     print(f"command: {command_line()}  (code {code_version()})", flush=True)
     return {
         "benchmark": "live.fanout_and_idle_memory",
@@ -209,9 +433,14 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str,
         "command": command_line(),
         "code": code_version(),
         "changes": args.changes,
-        "targets": {"ratio_p99": TARGET_RATIO, "kib_per_conn": TARGET_KIB},
+        "targets": {
+            "ratio_p99": TARGET_RATIO,
+            "kib_per_conn": TARGET_KIB,
+            "sustained_p50_ms": TARGET_SUSTAINED_P50_MS,
+            "sustained_p99_ms": TARGET_SUSTAINED_P99_MS,
+        },
         "sizes": results,
-        "sustained_load": "not measured (TODO issue 3)",
+        "sustained": sustained,
     }
 
 
@@ -223,11 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"schema {schema} in {args.database_url}", flush=True)
     results = []
     try:
-        for n in args.sizes:
+        sustained = None
+        if args.phase in ("sustained", "both"):
+            sustained = measure_sustained(args, schema, secret, workdir)
+        for n in args.sizes if args.phase in ("fanout", "both") else []:
             lineup = measure_lineup(args, n, schema, secret, workdir)
             bare = measure_bare(args, n, lineup["frame_len"])
             results.append({"n": n, "client_procs": procs_for(args, n), "lineup": lineup, "bare": bare})
-        print(json.dumps(report(args, results)), flush=True)
+        print(json.dumps(report(args, results, sustained)), flush=True)
         return 0
     finally:
         with contextlib.suppress(psycopg.Error):

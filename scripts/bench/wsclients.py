@@ -31,6 +31,7 @@ class Round:
     times: dict[int, int] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     frame_len: int = 0
+    frames: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Spec:
     concurrency: int
     secret: str = ""
     event_id: str = ""
+    event_ids: tuple[str, ...] = ()  # "record" mode: socket i follows event_ids[(first + i) % len]
 
 
 async def _open(spec: Spec, index: int, gate: asyncio.Semaphore) -> Any:
@@ -49,12 +51,13 @@ async def _open(spec: Spec, index: int, gate: asyncio.Semaphore) -> Any:
 
     async with gate:
         ws = await connect(spec.url, compression=None, ping_interval=None, open_timeout=120, close_timeout=5)
-        if spec.mode == "lineup":
+        if spec.mode in ("lineup", "record"):
             from entrypoints.auth import issue
 
             token = issue(spec.secret, f"live-{spec.first + index}", ttl=TOKEN_TTL)
             await ws.send(json.dumps({"type": "auth", "token": token}))
-            subscribe = {"type": "subscribe", "id": 1, "query": "queue.summary", "args": {"event_id": spec.event_id}}
+            event_id = spec.event_ids[(spec.first + index) % len(spec.event_ids)] if spec.event_ids else spec.event_id
+            subscribe = {"type": "subscribe", "id": 1, "query": "queue.summary", "args": {"event_id": event_id}}
             await ws.send(json.dumps(subscribe))
             while True:
                 text = await ws.recv()
@@ -79,7 +82,13 @@ async def _client(pipe: Any, spec: Spec) -> None:
         try:
             async for text in ws:
                 current: Round | None = state["round"]
-                if current is None or index in current.times:
+                if current is None:
+                    continue
+                if spec.mode == "record":  # every change frame of the round, parsed at collect time
+                    if text.startswith(CHANGE):
+                        current.frames.append((index, time.time_ns(), text))
+                    continue
+                if index in current.times:
                     continue
                 if spec.mode == "bare" or text.startswith(CHANGE):
                     current.times[index] = time.time_ns()
@@ -102,7 +111,17 @@ async def _client(pipe: Any, spec: Spec) -> None:
                 await asyncio.wait_for(current.done.wait(), argument)
             state["round"] = None
             times = list(current.times.values())
-            pipe.send({"times": times, "missing": len(sockets) - len(times), "frame_len": current.frame_len})
+            answer: dict[str, Any] = {
+                "times": times,
+                "missing": len(sockets) - len(times),
+                "frame_len": current.frame_len,
+            }
+            if spec.mode == "record":  # (socket, event_id, cursor, waiting, arrival ns) of every change frame
+                answer["frames"] = [
+                    (spec.first + i, change["row"]["event_id"], change["cursor"], change["row"]["waiting"], at)
+                    for i, at, change in ((i, at, json.loads(text)) for i, at, text in current.frames)
+                ]
+            pipe.send(answer)
         else:  # close
             await asyncio.wait([asyncio.create_task(ws.close()) for ws in sockets] or [asyncio.sleep(0)], timeout=10)
             for task in readers:
@@ -140,7 +159,9 @@ class ClientPool:
         for p in range(procs):
             count = total // procs + (1 if p < total % procs else 0)
             parent, child = context.Pipe()
-            share = Spec(spec.url, spec.mode, first, count, spec.concurrency, spec.secret, spec.event_id)
+            share = Spec(
+                spec.url, spec.mode, first, count, spec.concurrency, spec.secret, spec.event_id, spec.event_ids
+            )
             process = context.Process(target=client_main, args=(child, share), daemon=True, name=f"wsclients-{p}")
             process.start()
             processes.append((process, parent))
@@ -171,6 +192,15 @@ class ClientPool:
             parent.send(("arm", None))
         for process, parent in self.processes:
             self._receive(parent, process, 30)
+
+    def collect_frames(self, timeout: float) -> list[tuple[int, str, int, int, int]]:
+        """Record mode: every change frame read since `arm`, as (socket, event_id, cursor, waiting, ns)."""
+        for _, parent in self.processes:
+            parent.send(("collect", 0.0))  # nothing to wait for: the caller waited already
+        frames: list[tuple[int, str, int, int, int]] = []
+        for process, parent in self.processes:
+            frames += self._receive(parent, process, timeout + 60)["frames"]
+        return frames
 
     def collect(self, timeout: float) -> tuple[list[int], int, int]:
         """(receive times in ns, sockets without a frame, frame length) once all sockets have one or after timeout."""

@@ -11,22 +11,17 @@ import psycopg
 from adapters.postgres import notifications, queues, stripe
 from entrypoints.settings import Settings
 from projections.base import Projection
-from projections.notifications import NotificationsProjection, NotificationsWriter
-from projections.queues import QueuesProjection, QueuesWriter
-from projections.stripe import StripeProjection, StripeWriter
+from projections.notifications import NotificationsProjection
+from projections.queues import QueuesProjection
+from projections.stripe import StripeProjection
 
 
 @dataclass(frozen=True)
 class ReadModel:
-    """A projection, the PostgreSQL writer it runs with, and the tables that writer owns.
-
-    `interface` is the abstract writer whose intent-named methods the projection calls (what
-    `lineup replay` records); `writer(cursor)` is its PostgreSQL implementation on the
-    projector's cursor; `tables` are the read model's tables and `ddl` creates them.
-    """
+    """A projection, the PostgreSQL writer it runs with (`writer(cursor)`, on the projector's
+    cursor), the tables that writer owns and the DDL that creates them."""
 
     projection: Projection[Any]
-    interface: type
     writer: Callable[[psycopg.Cursor[Any]], Any]
     tables: tuple[str, ...]
     ddl: str
@@ -44,14 +39,13 @@ def read_models(settings: Settings) -> dict[str, ReadModel]:
         return notifications.PostgresNotificationsWriter(cursor, ttl_ms)
 
     models = [
-        ReadModel(QueuesProjection(), QueuesWriter, queues.PostgresQueuesWriter, queues.TABLES, queues.DDL),
+        ReadModel(QueuesProjection(), queues.PostgresQueuesWriter, queues.TABLES, queues.DDL),
         ReadModel(
             NotificationsProjection(),
-            NotificationsWriter,
             notifications_writer,
             notifications.TABLES,
             notifications.DDL,
         ),
-        ReadModel(StripeProjection(), StripeWriter, stripe.PostgresStripeWriter, stripe.TABLES, stripe.DDL),
+        ReadModel(StripeProjection(), stripe.PostgresStripeWriter, stripe.TABLES, stripe.DDL),
     ]
     return {model.name: model for model in models}

@@ -50,9 +50,12 @@ class Database:
             "POSTGRES_PRE_PING": "n",  # a ping per checkout doubled round trips; errors are retried
         }
 
-    def connect(self) -> psycopg.Connection[dict[str, Any]]:
-        """One autocommit connection (LISTEN, DDL, tests)."""
-        return psycopg.connect(**self.params(), autocommit=True, row_factory=dict_row)
+    def connect(self, application_name: str | None = None) -> psycopg.Connection[dict[str, Any]]:
+        """One autocommit connection (LISTEN, DDL, tests); `application_name` shows in pg_stat_activity."""
+        params = self.params()
+        if application_name:
+            params["application_name"] = application_name
+        return psycopg.connect(**params, autocommit=True, row_factory=dict_row)
 
     def pool(self, *, min_size: int, max_size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
         """A connection pool for read models; opened here, closed by its owner."""

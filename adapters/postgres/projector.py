@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -26,6 +28,12 @@ log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
 ELECTION_INTERVAL = 1.0
 PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
+
+
+def projector_application() -> str:
+    """The LISTEN session's application_name: it holds the projector lock, and `lineup status` shows
+    this (host and pid of the process) as the lock's holder. PostgreSQL keeps 63 bytes."""
+    return f"lineup projector {socket.gethostname()}:{os.getpid()}"[:63]
 
 
 class BatchWriter(Protocol):
@@ -172,7 +180,7 @@ class ProjectorThread:
     def _listen(self) -> None:
         while not self._stop.is_set():
             try:
-                with self.database.connect() as conn:
+                with self.database.connect(application_name=projector_application()) as conn:
                     conn.execute(f'LISTEN "{self.channel}"')
                     conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
                     self._follow(conn)

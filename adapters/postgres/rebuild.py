@@ -89,6 +89,18 @@ class _Model:
     position: int = 0
     columns: dict[str, list[str]] = field(default_factory=dict)
     twin: Twin | None = None  # the bulk goes here, then into the scratch tables by COPY
+    handlers: dict[type, Callable[[Projection[Any], Any, Any], None]] = field(default_factory=dict)
+
+    def handler(self, kind: type) -> Callable[[Projection[Any], Any, Any], None]:
+        """The projection's `process` for events of `kind`, found once: a singledispatchmethod builds
+        a new bound wrapper on every access, which cost more than decoding the event."""
+        found = self.handlers.get(kind)
+        if found is None:
+            process = type(self.model.projection).__dict__.get("process")
+            dispatcher = getattr(process, "dispatcher", None)
+            found = dispatcher.dispatch(kind) if dispatcher is not None else type(self.model.projection).process
+            self.handlers[kind] = found
+        return found
 
     @property
     def tables(self) -> tuple[Table, ...]:
@@ -126,7 +138,6 @@ class Rebuild:
         ]
         for m in self.models:
             m.twin = twins[m.model.name]() if twins and m.model.name in twins else None
-        self.topics = sorted(set().union(*(m.topics for m in self.models)))
         self.events = 0
 
     def run(self, *, apply: bool) -> Outcome:
@@ -168,6 +179,14 @@ class Rebuild:
                 for ddl in (m.model.ddl, changes.DDL, live_rows.DDL):
                     conn.execute(ddl.replace("CREATE TABLE", "CREATE UNLOGGED TABLE"))
                 conn.execute("DELETE FROM change_feed_head")  # the writers' feed rows go nowhere
+                secondary = conn.execute(  # keys and constraints stay: a bulk COPY maintains no more
+                    "SELECT c.relname AS indexname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                    " WHERE c.relnamespace = %s::regnamespace"
+                    " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+                    (f'"{m.scratch}"',),
+                ).fetchall()
+                for index in secondary:
+                    conn.execute(f'DROP INDEX "{m.scratch}"."{index["indexname"]}"')
                 for table in m.tables:
                     m.columns[table.name] = rebuild_diff.columns(conn.cursor(), self.database.schema, table)
         search_path = ", ".join(f'"{m.scratch}"' for m in self.models)  # writers' tables are unqualified
@@ -217,8 +236,6 @@ class Rebuild:
             if m.twin is not None:
                 with conn.transaction(), conn.cursor() as cursor:
                     m.twin.copy(cursor)
-                    for table in m.tables:
-                        cursor.execute(f'ANALYZE "{m.scratch}".{table.name}')
                 m.twin = None
 
     def _advance(self, conn: psycopg.Connection[Any], targets: dict[str, int]) -> None:
@@ -227,19 +244,20 @@ class Rebuild:
         if not behind:
             return
         start, stop = min(m.position for m in behind), max(targets[m.model.name] for m in behind)
-        notifications = self.app.recorder.select_notifications(
-            start=start, limit=self.batch_size, stop=stop, topics=self.topics, inclusive_of_start=False
-        )
+        # No `stop` or `topics` in the query: with them PostgreSQL scans and sorts the whole rest of
+        # the range for every page (a bitmap scan, then top-N), which makes a long rebuild quadratic.
+        page = self.app.recorder.select_notifications(start=start, limit=self.batch_size, inclusive_of_start=False)
+        notifications = [n for n in page if n.id <= stop]
         if notifications:
             if any(m.twin is None for m in behind):
                 with conn.transaction(), conn.cursor() as cursor, conn.pipeline():
                     self._process(cursor, notifications, behind, targets)
             else:
                 self._process(None, notifications, behind, targets)
-        done = len(notifications) < self.batch_size  # the whole range was read
+        reached = len(page) < self.batch_size or page[-1].id >= stop  # the whole range was read
         last = notifications[-1].id if notifications else stop
         for m in behind:
-            m.position = targets[m.model.name] if done else max(m.position, min(last, targets[m.model.name]))
+            m.position = targets[m.model.name] if reached else max(m.position, min(last, targets[m.model.name]))
         self.events += len(notifications)
 
     def _process(
@@ -257,7 +275,7 @@ class Rebuild:
             for m, writer in writers:
                 if m.position < notification.id <= targets[m.model.name] and notification.topic in m.topics:
                     event = event or self.app.mapper.to_domain_event(notification)
-                    m.model.projection.process(event, writer)
+                    m.handler(type(event))(m.model.projection, event, writer)
         for _m, writer in writers:
             writer.flush()
 

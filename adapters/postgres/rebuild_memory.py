@@ -163,7 +163,15 @@ class MemoryNotificationsWriter(NotificationsWriter):
 
 
 def _copy(cursor: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: Any) -> None:
-    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    """Binary COPY with the column types declared: psycopg's C dumpers, no guessing per value."""
+    types = cursor.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a"
+        " JOIN unnest(%s::text[]) WITH ORDINALITY AS c(name, ord) ON c.name = a.attname"
+        " WHERE a.attrelid = %s::regclass ORDER BY c.ord",
+        (list(columns), table),
+    ).fetchall()
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([row["type"] for row in types])
         for row in rows:
             copy.write_row(row)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -208,58 +209,89 @@ def test_events_prints_the_log_as_json_lines(served: tuple[dict[str, str], str, 
     assert run("events", "--after", str(rows[-1][0]), env=env).stdout == ""
 
 
+def wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+class Writers:
+    """Threads that commit events until stopped: joins through lineup serve's HTTP API, one per
+    queue, and queues opened through the event store directly (another process's writer)."""
+
+    def __init__(self, server: LineupServer, events: list[str]) -> None:
+        self.server, self.app = (
+            server,
+            event_store_of(str(server.settings.database_url), server.settings.database_schema),
+        )
+        self.stop, self.lock, self.count = threading.Event(), threading.Lock(), 0
+        self.threads = [threading.Thread(target=self.http_joins, args=(event,)) for event in events]
+        self.threads.append(threading.Thread(target=self.direct_writes))
+
+    def wrote(self) -> None:
+        with self.lock:
+            self.count += 1
+
+    def http_joins(self, event: str) -> None:
+        with self.server.client() as http:
+            for i in itertools.count():
+                if self.stop.is_set():
+                    return
+                response = http.post(f"/events/{event}/queue/join", headers=self.server.headers(f"{event}-{i}"))
+                assert response.status_code == 201
+                self.wrote()
+
+    def direct_writes(self) -> None:
+        while not self.stop.is_set():
+            self.app.execute([OpenQueue(f"direct-{uuid.uuid4().hex}", OWNER, "d")], 1_000)
+            self.wrote()
+            time.sleep(0.02)
+
+    def __enter__(self) -> Writers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+        self.app.close()
+
+
 def test_events_follow_prints_every_event_once_in_order_while_commands_run(
     server: LineupServer, client: httpx.Client
 ) -> None:
-    """Writers in lineup serve (HTTP) and in this process (the event store directly) commit while the
-    follower starts: what it prints must be the whole log, each event once, in log order."""
-    owner = server.headers("owner")
+    """Writers in lineup serve (HTTP) and in this process (the event store directly) keep committing
+    while the follower starts and for a while after it printed its first line: what it prints must
+    be the whole log, each event once, in log order (the backlog, the seam and the live tail)."""
     events = [f"follow-{i}" for i in range(3)]
     for event in events:
-        assert client.post(f"/events/{event}/queue", headers=owner, json={"name": event}).status_code == 201
-    app = event_store_of(str(server.settings.database_url), server.settings.database_schema)
-    started = threading.Event()
-
-    def http_joins(event: str) -> None:
-        with server.client() as http:
-            for i in range(25):
-                if i == 5:
-                    started.set()
-                response = http.post(f"/events/{event}/queue/join", headers=server.headers(f"{event}-{i}"))
-                assert response.status_code == 201
-
-    def direct_writes() -> None:
-        for i in range(15):
-            app.execute([OpenQueue(f"direct-{uuid.uuid4().hex}", OWNER, f"d{i}")], 1_000 + i)
-
-    writers = [threading.Thread(target=http_joins, args=(event,)) for event in events]
-    writers.append(threading.Thread(target=direct_writes))
-    for writer in writers:
-        writer.start()
-    started.wait(10)
-    follower = subprocess.Popen(
-        [str(LINEUP), "events", "--follow"],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("LINEUP_")}, **server.env()},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        opened = client.post(f"/events/{event}/queue", headers=server.headers("owner"), json={"name": event})
+        assert opened.status_code == 201
     lines: list[dict[str, Any]] = []
-    reader = threading.Thread(target=lambda: lines.extend(json.loads(line) for line in follower.stdout or []))
-    reader.start()
-    try:
-        for writer in writers:
-            writer.join(30)
-        rows = stored(str(server.settings.database_url), server.settings.database_schema)
-        deadline = time.monotonic() + 10
-        while (not lines or lines[-1]["position"] < rows[-1][0]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # anything printed twice or after the head would show now
-    finally:
-        follower.send_signal(signal.SIGINT)
-        code = follower.wait(10)
-        reader.join(10)
-        app.close()
+    with Writers(server, events) as writers:
+        wait_for(lambda: writers.count >= 10, 10)
+        follower = subprocess.Popen(
+            [str(LINEUP), "events", "--follow"],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("LINEUP_")}, **server.env()},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        stdout = follower.stdout
+        reader = threading.Thread(target=lambda: lines.extend(json.loads(line) for line in stdout or []))
+        reader.start()
+        wait_for(lambda: bool(lines), 15)  # it runs: LISTEN is on, the backlog is being printed
+        at_first_line = writers.count
+        wait_for(lambda: writers.count >= at_first_line + 60, 20)  # these can only come through the live tail
+    assert writers.count >= at_first_line + 60
+    rows = stored(str(server.settings.database_url), server.settings.database_schema)
+    wait_for(lambda: bool(lines) and lines[-1]["position"] >= rows[-1][0], 10)
+    time.sleep(0.3)  # anything printed twice or beyond the head would show by now
+    follower.send_signal(signal.SIGINT)
+    code = follower.wait(10)
+    reader.join(10)
     assert code == 0
     assert (follower.stderr.read() if follower.stderr else "") == ""  # no traceback
     assert [(e["position"], e["aggregate_id"], e["version"], e["topic"]) for e in lines] == rows

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import types
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,7 +101,7 @@ _encode = msgspec.json.Encoder().encode
 
 class Socket(Protocol):
     async def receive_text(self) -> str: ...
-    async def send_text(self, data: str) -> None: ...
+    def send_text(self, data: str) -> Coroutine[Any, Any, None]: ...  # a coroutine: it may be stepped by hand
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
@@ -129,6 +130,26 @@ class Closed(Exception):
 _open_sessions: weakref.WeakSet[Session] = weakref.WeakSet()  # of this process
 
 
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> Generator[Any, Any, None]:
+    """Go on running, inside the awaiting task, a coroutine that was stepped by hand with
+    `send(None)` and suspended on `blocked_on` (what it yielded: a future, or None for a bare
+    yield). Each value the task sends or throws in is passed on, like `yield from` would."""
+    while True:
+        try:
+            sent = yield blocked_on
+        except BaseException as error:  # passed on as it is, cancellation included
+            try:
+                blocked_on = coroutine.throw(error)
+            except StopIteration:
+                return
+        else:
+            try:
+                blocked_on = coroutine.send(sent)
+            except StopIteration:
+                return
+
+
 async def close_all_sessions(code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
     """Close every open session of this process (on shutdown: 1001, before the server drops them)."""
     sessions = list(_open_sessions)
@@ -150,6 +171,7 @@ class Session:
         self._expiry: asyncio.TimerHandle | None = None  # a timer, not a task: ~2 KiB less per connection
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Future[None] | None = None
+        self._writing = False  # frames are being written from _write_now
         self._closed = False
 
     async def run(self) -> None:
@@ -348,13 +370,45 @@ class Session:
     # Outbound ---------------------------------------------------------------------------------
 
     def _wake_sender(self) -> None:
-        if self._sender is None and not self._closed:
-            self._sender = asyncio.ensure_future(self._send_loop())
+        """A frame was queued. If nothing is being sent, write now, from the caller (the feed
+        follower's dispatch loop, usually): the ASGI send of a writable socket completes without
+        suspending (uvicorn's websockets-sansio `send` awaits an Event that is set, then writes to
+        the transport), so stepping its coroutine by hand costs no task and no loop round trip,
+        and the first subscribers get their bytes before the loop has reached the last. A send
+        that does suspend (the transport is paused: a slow client) is handed to a sender task,
+        and the frames behind it wait in the outbox as before."""
+        if self._sender is None and not self._closed and not self._writing:
+            self._write_now()
 
-    async def _send_loop(self) -> None:
-        """Runs while the outbox has frames, then ends (a new one starts with the next frame)."""
+    def _write_now(self) -> None:
+        frames = self.outbox.frames
+        self._writing = True
+        try:
+            while frames:
+                text = frames.popleft()
+                if text == RESET:
+                    self._reset_all()
+                    continue
+                send = self.socket.send_text(text)
+                try:
+                    blocked_on = send.send(None)
+                except StopIteration:
+                    continue  # written
+                self._sender = asyncio.ensure_future(self._send_loop(send, blocked_on))
+                return
+        except Exception:  # the peer went away: the receive loop sees it too
+            log.debug("send failed", exc_info=True)
+            frames.clear()
+        finally:
+            self._writing = False
+
+    async def _send_loop(self, started: Coroutine[Any, Any, None] | None = None, blocked_on: Any = None) -> None:
+        """Finishes a send that suspended, then sends what has queued behind it, then ends
+        (the next frame is written directly again)."""
         frames = self.outbox.frames
         try:
+            if started is not None:
+                await _resume(started, blocked_on)
             while frames:
                 text = frames.popleft()
                 if text == RESET:

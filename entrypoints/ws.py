@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 from litestar import WebSocket, websocket
@@ -10,6 +11,25 @@ from litestar.exceptions import NotAuthorizedException
 from adapters.gateway import AuthError, Identity, Session
 from entrypoints.auth import decode
 from entrypoints.bootstrap import Container
+
+
+class _Socket:
+    """Litestar's WebSocket, except that frames go straight to its ASGI `send` (skipping the
+    `send_text` and `send_data` wrappers: two coroutines less per frame on the fan-out path)."""
+
+    __slots__ = ("socket",)
+
+    def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
+        self.socket = socket
+
+    async def receive_text(self) -> str:
+        return await self.socket.receive_text()
+
+    def send_text(self, data: str) -> Coroutine[Any, Any, None]:
+        return self.socket.send({"type": "websocket.send", "bytes": None, "text": data})  # type: ignore[return-value]
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        await self.socket.close(code=code, reason=reason)
 
 
 @websocket("/ws")
@@ -24,4 +44,4 @@ async def live(socket: WebSocket[Any, Any, Any], container: Container) -> None:
         return Identity(caller.user_id, caller.is_service, expires_at)
 
     await socket.accept()
-    await Session(socket, container.hub, container.feed_reader, verify, container.caught_up).run()
+    await Session(_Socket(socket), container.hub, container.feed_reader, verify, container.caught_up).run()

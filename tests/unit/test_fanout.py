@@ -84,3 +84,57 @@ def test_waiting_for_a_cursor_returns_once_it_is_dispatched() -> None:
         assert not await hub.reached(4, timeout=0.05)
 
     asyncio.run(scenario())
+
+
+class _PausingSocket:
+    """A socket whose sends complete at once while it is writable and wait while it is paused,
+    like uvicorn's: the gateway writes directly until a send suspends, then hands over to a task."""
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.sent: list[str] = []
+
+    async def receive_text(self) -> str:
+        await asyncio.Event().wait()
+        return ""
+
+    async def send_text(self, data: str) -> None:
+        await self.writable.wait()
+        self.sent.append(data)
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_suspends() -> None:
+    from adapters.gateway import Session
+
+    async def scenario() -> None:
+        hub, socket = Hub(), _PausingSocket()
+        session = Session(socket, hub, None, None, lambda: None)  # type: ignore[arg-type]
+        session.outbox.on_ready = session._wake_sender
+        sub = Subscription(1, "q", "a", session.outbox)
+        sub.pending = False
+        hub.add(sub)
+
+        def cursors() -> list[int]:
+            return [json.loads(frame)["cursor"] for frame in socket.sent]
+
+        hub.dispatch(Change(1, "q", "a", "k", "upsert", {"v": 1}))
+        assert cursors() == [1]  # written by dispatch itself: no task, no loop round trip
+        socket.writable.clear()  # the transport is paused (a slow reader)
+        for cursor in range(2, 6):
+            hub.dispatch(Change(cursor, "q", "a", "k", "upsert", {"v": cursor}))
+        assert cursors() == [1]
+        assert len(session.outbox.frames) == 3  # the frame of cursor 2 waits inside its send
+        await asyncio.sleep(0)
+        socket.writable.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert cursors() == [1, 2, 3, 4, 5]
+        assert session._sender is None
+        hub.dispatch(Change(6, "q", "a", "k", "upsert", {"v": 6}))
+        assert cursors() == [1, 2, 3, 4, 5, 6]  # direct again
+
+    asyncio.run(scenario())

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.utils import TopicError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator
     from datetime import datetime
 
     from eventsourcing.application import Application
@@ -52,16 +52,14 @@ class EventLog:
         """The channel every insert into the event table notifies (eventsourcing's recorder)."""
         return str(self.app.recorder.channel_name)  # type: ignore[attr-defined]
 
-    def notifications(
-        self, after: int, *, stop: int | None = None, topics: Sequence[str] = (), limit: int | None = None
-    ) -> Iterator[Notification]:
-        """Stored events with `after < position <= stop`, oldest first, read a page at a time."""
+    def notifications(self, after: int, limit: int | None = None) -> Iterator[Notification]:
+        """Stored events after position `after`, oldest first, read a page at a time. Only
+        `notification_id > n ORDER BY notification_id LIMIT k`: with a `stop` or a topic filter
+        added, PostgreSQL may scan and sort the rest of the log for every page."""
         last, left = after, limit
         while left is None or left > 0:
             size = PAGE if left is None else min(PAGE, left)
-            page = self.app.recorder.select_notifications(
-                start=last, limit=size, stop=stop, topics=topics, inclusive_of_start=False
-            )
+            page = self.app.recorder.select_notifications(start=last, limit=size, inclusive_of_start=False)
             yield from page
             if len(page) < size:
                 return

@@ -126,20 +126,24 @@ def connect_and_measure(spec: Spec, n: int, procs: int, pid: int, trigger: Any, 
         for _ in range(changes):
             time.sleep(1.0)
             pool.arm()
-            cpu = process_cpu(pid)
+            cpu, (busy, total) = process_cpu(pid), machine_busy()
             t_request, t_ack = trigger()
             times, missing, frame_len = pool.collect(30)
             cpu = process_cpu(pid) - cpu
+            busy_now, total_now = machine_busy()
+            machine = (busy_now - busy) / max(1e-9, total_now - total)
             from_ack = stats([(t - t_ack) / 1e6 for t in times])
             from_request = stats([(t - t_request) / 1e6 for t in times])
             rounds.append({"from_ack": from_ack, "from_request": from_request, "missing": missing})
             ack_ms = round((t_ack - t_request) / 1e6, 2)
-            rounds[-1].update(frame_len=frame_len, server_cpu_ms=round(cpu * 1000), ack_ms=ack_ms)
+            rounds[-1].update(
+                frame_len=frame_len, server_cpu_ms=round(cpu * 1000), ack_ms=ack_ms, machine_busy=round(machine, 3)
+            )
             print(
                 f"    first {from_ack['first']:.1f}, p50 / p99 / last {from_ack['p50']:.1f} / {from_ack['p99']:.1f}"
                 f" / {from_ack['last']:.1f} ms"
                 f" (from request: p99 {from_request['p99']:.1f}), missing {missing}, frame {frame_len} B,"
-                f" server CPU {cpu * 1000:.0f} ms",
+                f" server CPU {cpu * 1000:.0f} ms, machine busy {machine:.0%}",
                 flush=True,
             )
     finally:

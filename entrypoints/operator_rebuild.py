@@ -119,11 +119,14 @@ def _run(command: str, names: list[str], *, apply: bool) -> Outcome:
 
 
 def _summary(outcome: Outcome) -> str:
-    kinds = [difference.kind for difference in outcome.differences]
-    counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+    by_kind: dict[str, int] = {}
+    for (_table, kind), n in outcome.counts.items():
+        by_kind[kind] = by_kind.get(kind, 0) + n
+    total = sum(by_kind.values())
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(by_kind.items()))
     positions = ", ".join(f"{name} at {position}" for name, position in outcome.positions.items())
     rate = outcome.events / outcome.seconds if outcome.seconds else 0.0
-    rows = f"{len(kinds)} rows differed ({counts})" if kinds else "no row differed"
+    rows = f"{total} rows differed ({counts})" if total else "no row differed"
     return f"{positions}: {rows}; {outcome.events} events in {outcome.seconds:.1f} s ({rate:,.0f}/s)"
 
 
@@ -155,7 +158,7 @@ def verify(projection: str | None, every: bool) -> None:  # noqa: FBT001 - click
         }
         click.echo(json.dumps(line, default=str))
     click.echo(f"verified {_summary(outcome)}", err=True)
-    sys.exit(DIFFERENT if outcome.differences else OK)
+    sys.exit(DIFFERENT if outcome.counts else OK)
 
 
 COMMANDS: list[click.Command] = [rebuild, verify]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,7 +76,8 @@ class ReadModel(Protocol):
 @dataclass
 class Outcome:
     positions: dict[str, int]  # each projection's log position the rebuilt tables reflect
-    differences: list[Difference]
+    counts: dict[tuple[str, str], int]  # (table, kind) -> rows that differed
+    differences: list[Difference]  # each of them (verify only)
     events: int = 0  # log events read and processed
     seconds: float = 0.0
     switched: bool = False
@@ -139,6 +141,8 @@ class Rebuild:
         for m in self.models:
             m.twin = twins[m.model.name]() if twins and m.model.name in twins else None
         self.events = 0
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="lineup-rebuild-read")
+        self._ahead: tuple[int, Future[Sequence[Notification]]] | None = None
 
     def run(self, *, apply: bool) -> Outcome:
         """Build, then compare (`apply=False`) or switch (`apply=True`)."""
@@ -150,6 +154,7 @@ class Rebuild:
                 self._build(conn)
                 outcome = self._switch(conn, apply=apply)
         finally:
+            self._reader.shutdown(cancel_futures=True)
             self._drop_scratch()
         outcome.events, outcome.seconds = self.events, time.monotonic() - started
         return outcome
@@ -246,7 +251,7 @@ class Rebuild:
         start, stop = min(m.position for m in behind), max(targets[m.model.name] for m in behind)
         # No `stop` or `topics` in the query: with them PostgreSQL scans and sorts the whole rest of
         # the range for every page (a bitmap scan, then top-N), which makes a long rebuild quadratic.
-        page = self.app.recorder.select_notifications(start=start, limit=self.batch_size, inclusive_of_start=False)
+        page = self._page(start)
         notifications = [n for n in page if n.id <= stop]
         if notifications:
             if any(m.twin is None for m in behind):
@@ -259,6 +264,21 @@ class Rebuild:
         for m in behind:
             m.position = targets[m.model.name] if reached else max(m.position, min(last, targets[m.model.name]))
         self.events += len(notifications)
+
+    def _read(self, start: int) -> Sequence[Notification]:
+        return self.app.recorder.select_notifications(start=start, limit=self.batch_size, inclusive_of_start=False)
+
+    def _page(self, start: int) -> Sequence[Notification]:
+        """The page after `start`; the next one is read on a thread while this one is processed.
+        Only a full page is kept from ahead: ids commit in order, so the first n rows after a
+        position never change, while a short page may have grown since."""
+        ahead, self._ahead = self._ahead, None
+        page = ahead[1].result() if ahead is not None and ahead[0] == start else self._read(start)
+        if ahead is not None and ahead[0] == start and len(page) < self.batch_size:
+            page = self._read(start)
+        if len(page) == self.batch_size:
+            self._ahead = (page[-1].id, self._reader.submit(self._read, page[-1].id))
+        return page
 
     def _process(
         self,
@@ -291,7 +311,8 @@ class Rebuild:
                     while any(m.position < targets[m.model.name] for m in self.models):
                         self._advance(conn, targets)
                     self.progress(SWITCHING, max(targets.values()), max(targets.values()))
-                    outcome = Outcome(targets, self._compare(conn), switched=apply)
+                    counts, found = self._compare(conn, rows=not apply)
+                    outcome = Outcome(targets, counts, found, switched=apply)
                     if not apply:
                         raise psycopg.Rollback  # verify changes nothing
                     self._apply(conn, targets, free=free)
@@ -311,17 +332,21 @@ class Rebuild:
             tables.append(f'"{schema}".live_rows')
         conn.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE ROW EXCLUSIVE MODE")
 
-    def _compare(self, conn: psycopg.Connection[Any]) -> list[Difference]:
+    def _compare(
+        self, conn: psycopg.Connection[Any], *, rows: bool
+    ) -> tuple[dict[tuple[str, str], int], list[Difference]]:
+        """Counts of differing rows per (table, kind), and the rows themselves when `rows`."""
         now = time.time_ns() // 1_000_000
+        counts: dict[tuple[str, str], int] = {}
+        found: list[Difference] = []
         with conn.cursor() as cursor:
-            return [
-                difference
-                for m in self.models
-                for t in m.tables
-                for difference in rebuild_diff.compare(
-                    cursor, self.database.schema, m.scratch, t, m.columns[t.name], now
-                )
-            ]
+            for m in self.models:
+                for t in m.tables:
+                    kinds = rebuild_diff.compare(cursor, self.database.schema, m.scratch, t, m.columns[t.name], now)
+                    counts.update(((t.name, kind), n) for kind, n in kinds.items())
+                    if rows and kinds:
+                        found += rebuild_diff.differences(cursor, t)
+        return counts, found
 
     def _apply(self, conn: psycopg.Connection[Any], targets: dict[str, int], *, free: bool) -> None:
         schema = self.database.schema

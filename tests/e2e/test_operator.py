@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -162,6 +164,26 @@ def test_status_json_and_text_before_any_projector_ran(served: tuple[dict[str, s
     assert f"log head: {head}" in text.stdout
     assert f"projection queues: position 0, lag {head} events" in text.stdout
     assert "projector lock: none" in text.stdout
+    table = on_a_terminal("status", env=env)
+    assert "┏━" in table  # rich's table
+    assert "│ queues " in table
+    assert "log head 8" in table
+    assert "projector lock: none" in table
+
+
+def on_a_terminal(*args: str, env: dict[str, str]) -> str:
+    """What `lineup ARGS` prints when its stdout is a terminal (a pseudo-terminal here)."""
+    main, child = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LINEUP_", "STRIPE_"))}
+    process = subprocess.Popen([str(LINEUP), *args], env={**clean, **env, "COLUMNS": "100"}, stdout=child)
+    os.close(child)
+    out = bytearray()
+    with contextlib.suppress(OSError):  # EIO once the child has exited and closed its end
+        while chunk := os.read(main, 4096):
+            out += chunk
+    os.close(main)
+    assert process.wait(30) == 0
+    return out.decode(errors="replace")
 
 
 def test_status_beside_lineup_serve_names_the_projecting_process(server: LineupServer, client: httpx.Client) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from domain.queues import Exclusive, Queues
 
 log = logging.getLogger(__name__)
+SCAN_WINDOW = 10_000  # log positions one page may span
 IDLE_TRACKING_INTERVAL = 5.0  # seconds between tracking writes while no event concerns the process
 
 
@@ -70,11 +71,13 @@ class EventProcessor:
             return 0
         # Only this process's topic crosses the wire (a Stripe payload is a few KB; queue events
         # need not be fetched at all). Commits happen in notification-id order (the recorder locks
-        # the table), so every id up to `head` is visible now: a short page means we read to `head`.
+        # the table), so every id up to `stop` is visible now: a short page means we read to `stop`.
+        # The window keeps each page an index range scan however long the backlog.
+        stop = min(head, self.position + SCAN_WINDOW)
         notifications = self.app.recorder.select_notifications(
-            start=self.position, limit=self.batch_size, stop=head, topics=[self.topic], inclusive_of_start=False
+            start=self.position, limit=self.batch_size, stop=stop, topics=[self.topic], inclusive_of_start=False
         )
-        last = notifications[-1].id if len(notifications) == self.batch_size else head
+        last = notifications[-1].id if len(notifications) == self.batch_size else stop
         commands = [
             command
             for notification in notifications

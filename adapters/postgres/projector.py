@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
 ELECTION_INTERVAL = 1.0
+SCAN_WINDOW = 10_000  # log positions one projection batch may span
 PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
 
 
@@ -64,7 +65,8 @@ class ProjectionRunner(Generic[W]):
         self.app, self.pool, self.projection = app, pool, projection
         self.writer, self.tracking, self.progress = writer, tracking, progress
         self.batch_size = batch_size
-        self.topics = {get_topic(cls) for cls in projection.event_types()}  # only these are decoded
+        self.topics = {get_topic(cls) for cls in projection.event_types()}  # only these are fetched
+        self.topic_list = sorted(self.topics) or ["-"]  # an empty filter would mean every topic
         self.position = self.tracked()
         progress.register(projection.name, self.position)
 
@@ -73,13 +75,21 @@ class ProjectionRunner(Generic[W]):
         return self.projection.name
 
     def run_once(self) -> int:
-        """Process the next batch of events; returns how many there were."""
-        notifications = self.app.recorder.select_notifications(
-            start=self.position, limit=self.batch_size, inclusive_of_start=False
-        )
-        if not notifications:
+        """Process the next batch of events; returns how many log positions it moved on (0: none new).
+
+        Only the projection's own topics are fetched, from a window of at most `SCAN_WINDOW` log
+        positions (an index range scan however long the backlog). Commits happen in log order
+        (eventsourcing's insert locks the table), so every position up to the log head read first
+        is visible: a short page means the window was read to its end.
+        """
+        head = self.app.recorder.max_notification_id() or 0
+        if head <= self.position:
             return 0
-        last = notifications[-1].id
+        stop = min(head, self.position + SCAN_WINDOW)
+        notifications = self.app.recorder.select_notifications(
+            start=self.position, limit=self.batch_size, stop=stop, topics=self.topic_list, inclusive_of_start=False
+        )
+        last = notifications[-1].id if len(notifications) == self.batch_size else stop
         try:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                 with conn.pipeline():
@@ -94,9 +104,9 @@ class ProjectionRunner(Generic[W]):
             # Someone else recorded this position first: take theirs and go on from there.
             self.reload()
             return 0
-        self.position = last
+        moved, self.position = last - self.position, last
         self.progress.advance(self.projection.name, last)
-        return len(notifications)
+        return moved
 
     def tracked(self) -> int:
         """The position committed in the database (whoever committed it)."""

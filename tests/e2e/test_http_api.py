@@ -12,30 +12,10 @@ import jwt
 import pytest
 
 from tests.e2e.conftest import LineupServer
+from tests.e2e.support import assert_error, now_ms, uid
 
 ENTRY_KEYS = {"entry_id", "event_id", "user_id", "position", "estimated_time", "status"}
 SUMMARY_KEYS = {"event_id", "name", "status", "waiting", "avg_service_seconds"}
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The contract's error shape: JSON with exactly `error` and `detail`, never a stack trace."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    assert "Traceback" not in response.text
-    body = response.json()
-    assert set(body) == {"error", "detail"}, body
-    assert body["error"] == code, body
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    return body
 
 
 class Api:

@@ -6,61 +6,25 @@ import asyncio
 import json
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import psycopg
 import pytest
-import websockets
 from websockets.asyncio.client import ClientConnection
 
 from entrypoints.settings import Settings
 from tests.e2e.conftest import JWT_SECRET, LINEUP, LineupServer, free_port
+from tests.e2e.support import assert_error, connect, eventually, now_ms, present, recv, uid
 
 KEYS = {"notification_id", "user_id", "type", "data", "created_at", "expires_at"}
-DEADLINE = 10.0
 SHORT_TTL = 2
 T = TypeVar("T")
 
 
 # Helpers ------------------------------------------------------------------------------------------
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def eventually(check: Callable[[], T], deadline: float = DEADLINE) -> T:
-    """`check()`'s value once it stops raising AssertionError; the last failure after `deadline` seconds."""
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > end:
-                raise
-        time.sleep(0.05)
-
-
-def present(value: T | None) -> T:
-    assert value, value
-    return value
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error", "detail"}, body
-    assert body["error"] == code, body
-    assert "Traceback" not in response.text
 
 
 def notify(server: LineupServer, http: httpx.Client, user: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -88,23 +52,6 @@ def notes(
         assert row["user_id"] == user
     assert [r["created_at"] for r in rows] == sorted(r["created_at"] for r in rows)  # oldest first
     return [row for row in rows if kind is None or row["type"] == kind]
-
-
-def ws_url(server: LineupServer) -> str:
-    return server.base_url.replace("http://", "ws://") + "/ws"
-
-
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    assert isinstance(frame, dict)
-    return frame
-
-
-async def connect(server: LineupServer, user: str, role: str = "user") -> ClientConnection:
-    ws = await websockets.connect(ws_url(server))
-    await ws.send(json.dumps({"type": "auth", "token": server.token(user, role=role)}))
-    assert (await recv(ws))["type"] == "ready"
-    return ws
 
 
 async def subscribe(ws: ClientConnection, sub: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import websockets
 from websockets.asyncio.client import ClientConnection
 
 from entrypoints.settings import Settings
 from tests import stripe_support as fx
 from tests.e2e.conftest import LineupServer, free_port
+from tests.e2e.support import DEADLINE, assert_error, connect, eventually, present, recv, uid
 
 pytestmark = pytest.mark.skipif(not fx.fixtures_available(), reason=f"no Stripe fixtures in {fx.FIXTURES}")
 
@@ -33,7 +33,6 @@ OLD_SECRET = "whsec_test_old_0f9b8c7d6e5a4b3c2d1e0f9a8b7c6d5e"
 NEW_SECRET = "whsec_test_new_1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d"
 SECRET = NEW_SECRET
 ACTIVE = "Your Stripe account is now active!"
-DEADLINE = 10.0
 ACCOUNT_KEYS = {
     "account_id",
     "charges_enabled",
@@ -75,28 +74,6 @@ def server_settings(database_url: str, module_schema: str, tmp_path_factory: pyt
 # Helpers ------------------------------------------------------------------------------------------
 
 
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def eventually(check: Callable[[], T], deadline: float = DEADLINE) -> T:
-    """`check()`'s value once it stops raising AssertionError; the last failure after `deadline` seconds."""
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > end:
-                raise
-        time.sleep(0.05)
-
-
-def present(value: T | None) -> T:
-    """`value` when it is there (not None, not empty): for `eventually`."""
-    assert value, value
-    return value
-
-
 def wait_for(read: Callable[..., T | None], *args: Any, deadline: float = DEADLINE) -> T:
     """`read(*args)` once it answers something (not None, not empty)."""
     return eventually(lambda: present(read(*args)), deadline)
@@ -105,17 +82,6 @@ def wait_for(read: Callable[..., T | None], *args: Any, deadline: float = DEADLI
 def assert_equal(actual: T, expected: T) -> T:
     assert actual == expected
     return actual
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error", "detail"}, body
-    assert body["error"] == code, body
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    assert "Traceback" not in response.text
 
 
 def post_raw(http: httpx.Client, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -750,23 +716,6 @@ def check_admissions(server: LineupServer, http: httpx.Client, plan: Plan) -> No
 
 
 # (6) Live: the toast arrives once ----------------------------------------------------------------------------
-
-
-def ws_url(server: LineupServer) -> str:
-    return server.base_url.replace("http://", "ws://") + "/ws"
-
-
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    frame = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    assert isinstance(frame, dict)
-    return frame
-
-
-async def connect(server: LineupServer, user: str, role: str = "user") -> ClientConnection:
-    ws = await websockets.connect(ws_url(server))
-    await ws.send(json.dumps({"type": "auth", "token": server.token(user, role=role)}))
-    assert (await recv(ws))["type"] == "ready"
-    return ws
 
 
 async def subscribe(ws: ClientConnection, sub: str, query: str, args: dict[str, Any]) -> dict[str, Any]:

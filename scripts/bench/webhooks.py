@@ -33,21 +33,20 @@ import multiprocessing as mp
 import os
 import random
 import secrets
-import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pgbaseline
 import psycopg
-from httpload import percentile
+from commands import code_version, command_line, drop_schema, run_baseline
+from httpload import _read_response, percentile
 from server import Server, free_port, machine_busy, postgres_cpu, tree_cpu
 
 HOST = "127.0.0.1"
@@ -100,24 +99,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--seconds, --senders, --baseline-clients must be positive; 0 <= --duplicates < 1")
     args.procs = max(1, min(args.procs, args.senders))
     return args
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        python = python.relative_to(Path.cwd())
-    return shlex.join([str(python), *sys.argv])
-
-
-def code_version() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 # Bodies -----------------------------------------------------------------------------------------------
@@ -185,18 +166,6 @@ class Stats:
     accepted_ids: set[str] = field(default_factory=set)
     sent_duplicates: int = 0
     last: float = 0.0
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    head = (await reader.readuntil(b"\r\n\r\n")).lower()
-    status = int(head[9:12])
-    at = head.find(b"\r\ncontent-length:")
-    if at < 0:
-        msg = "response without content-length"
-        raise ValueError(msg)
-    length = int(head[at + 17 : head.find(b"\r\n", at + 2)])
-    body = await reader.readexactly(length) if length else b""
-    return status, body, b"\r\nconnection: close" not in head
 
 
 async def _sender(job: dict[str, Any], maker: Maker, deadline: float, stats: Stats, slot: int) -> None:
@@ -373,19 +342,6 @@ def run_senders(args: argparse.Namespace, port: int, secret: str) -> Load:
 # The run ---------------------------------------------------------------------------------------------------
 
 
-def run_baseline(args: argparse.Namespace, schema: str) -> tuple[pgbaseline.BaselineResult, list[dict[str, Any]]]:
-    modes = ["threads", "processes"] if args.baseline_mode == "best" else [args.baseline_mode]
-    runners = {"threads": pgbaseline.run_threads, "processes": pgbaseline.run_processes}
-    results = []
-    for mode in modes:
-        print(f"baseline: {args.baseline_clients} {mode} inserting for {args.seconds:g} s ...", flush=True)
-        result = runners[mode](args.database_url, schema, args.baseline_clients, args.seconds)
-        print(f"  {result.tps:,.0f} tx/s ({result.commits:,} commits, {result.errors} errors)", flush=True)
-        results.append(result)
-    best = max(results, key=lambda r: r.tps)
-    return best, [{**asdict(r), "tps": round(r.tps, 1)} for r in results]
-
-
 def wait_drained(server: Server, timeout: float = DRAIN_TIMEOUT) -> float | None:
     """Seconds until every projection's lag is 0 (None if it was not within `timeout`)."""
     started = time.monotonic()
@@ -417,11 +373,6 @@ def recorded_stripe_events(url: str, schema: str) -> tuple[int, int]:
                 with contextlib.suppress(ValueError, TypeError, KeyError):
                     ids.add(json.loads(bytes(state))["stripe_id"])
     return total, len(ids)
-
-
-def drop_schema(url: str, schema: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def report(

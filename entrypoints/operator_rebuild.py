@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import click
+import psycopg
 
 from adapters.postgres.rebuild import SWITCHING, Outcome, Rebuild, RebuildBusyError
 from adapters.postgres.rebuild_memory import memory_writers
@@ -111,6 +112,12 @@ def _run(command: str, names: list[str], *, apply: bool) -> Outcome:
                 return job.run(apply=apply)
         except (RebuildBusyError, TimeoutError) as error:
             raise OperatorError(str(error)) from None
+        except (psycopg.errors.UndefinedTable, psycopg.OperationalError):
+            raise  # "run lineup migrate" / "cannot reach the database": said by _errors
+        except psycopg.DatabaseError as error:  # e.g. a constraint the rebuilt rows break in the switch
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            msg = f"{command} failed, the live read models are unchanged: {first}"
+            raise OperatorError(msg) from None
         except KeyboardInterrupt:
             click.echo(f"lineup: {command} interrupted; the live read models are unchanged", err=True)
             sys.exit(INTERRUPTED)

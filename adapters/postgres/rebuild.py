@@ -19,6 +19,7 @@ last transaction. A session advisory lock per projection keeps two runs from sha
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -147,6 +148,8 @@ class Rebuild:
     def run(self, *, apply: bool) -> Outcome:
         """Build, then compare (`apply=False`) or switch (`apply=True`)."""
         started = time.monotonic()
+        collecting = gc.isenabled()
+        gc.disable()  # the twins hold ~1 row object per event: each full collection walked them all
         try:
             with self.database.connect() as conn:
                 self._claim(conn)
@@ -154,6 +157,8 @@ class Rebuild:
                 self._build(conn)
                 outcome = self._switch(conn, apply=apply)
         finally:
+            if collecting:
+                gc.enable()
             self._reader.shutdown(cancel_futures=True)
             self._drop_scratch()
         outcome.events, outcome.seconds = self.events, time.monotonic() - started

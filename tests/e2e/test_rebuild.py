@@ -89,12 +89,26 @@ def scenario(http: httpx.Client, server: LineupServer) -> tuple[str, list[str]]:
     return event_id, fans
 
 
+def settled(http: httpx.Client) -> None:
+    """Wait until every projection has processed the whole log: a read waits at most 2 s for them,
+    and on a busy machine they can be further behind than that."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        response = http.get("/ready")
+        body = response.json()
+        if response.status_code == 200 and all(p >= body["head"] for p in body["projections"].values()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"projections did not catch up: {body}")
+
+
 def differences(done: subprocess.CompletedProcess[str]) -> set[tuple[str, str, str]]:
     return {(line["table"], line["key"], line["kind"]) for line in map(json.loads, done.stdout.splitlines())}
 
 
 def test_verify_names_each_tampered_row_and_rebuild_repairs_them(server: LineupServer, client: httpx.Client) -> None:
     event_id, fans = scenario(client, server)
+    settled(client)
     before = reads(client, server, event_id, fans)
     env = env_of(server.settings)
     clean = lineup("verify", "--all", env=env)
@@ -248,6 +262,7 @@ def test_rebuild_beside_a_serving_server_keeps_reads_answering_and_sockets_end_e
     server: LineupServer, client: httpx.Client
 ) -> None:
     event_id, fans = scenario(client, server)
+    settled(client)
     before = reads(client, server, event_id, fans)
     entry_id = sql(
         server, "SELECT entry_id FROM queue_entries WHERE event_id = %s AND status = 'waiting' LIMIT 1", (event_id,)

@@ -49,6 +49,7 @@ from entrypoints.auth import issue
 HOST = "127.0.0.1"
 TARGET_RATIO, TARGET_KIB = 1.25, 30.0
 TARGET_SUSTAINED_P50_MS, TARGET_SUSTAINED_P99_MS = 5.0, 25.0
+CATCH_UP_LIMIT = 120.0  # sustained: how long to wait after the load for the read side to show every command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -315,6 +316,24 @@ def match(
     }
 
 
+def wait_caught_up(
+    server: Server, secret: str, queues: list[str], sent: list[Sent], start_waiting: dict[int, int]
+) -> float:
+    """Seconds until every queue's summary (GET) shows all the load's commands, plus 1 s for the frames."""
+    token = issue(secret, "bench-reader", ttl=3600)
+    began = time.monotonic()
+    for q, event_id in enumerate(queues):
+        done = sum(1 for r in sent if r.queue == q and 200 <= r.status < 300)
+        expected = done if q % 2 == 0 else start_waiting[q] - done
+        while time.monotonic() - began < CATCH_UP_LIMIT:
+            status, body = server.request("GET", f"/events/{event_id}/queue/summary", token)
+            if status == 200 and body["waiting"] == expected:
+                break
+            time.sleep(0.2)
+    time.sleep(1.0)
+    return round(time.monotonic() - began, 1)
+
+
 def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdir: Path) -> dict[str, Any]:
     os.environ["LINEUP_WORKERS"] = "1"
     server = Server.start(
@@ -351,7 +370,7 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         sent = run_paced(HOST, server.port, load, procs=args.load_procs)
         busy1, total1 = machine_busy()
         cpu1, pg1 = process_cpu(server.process.pid), postgres_cpu()
-        time.sleep(2.0)
+        caught_up = wait_caught_up(server, secret, queues, sent, start_waiting)
         frames = pool.collect_frames(0)
         ranks = leave_ranks(args.database_url, schema)
     except Exception:
@@ -378,6 +397,7 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         "http_p99_ms": round(percentile(http, 0.99), 2),
         "late_p99_ms": round(percentile(late, 0.99), 2),
         "frames": len(frames),
+        "caught_up_after_s": caught_up,
         "server_cpu_s": round(cpu1 - cpu0, 2),
         "postgres_cpu_s": round(pg1 - pg0, 2),
         "machine_busy": round((busy1 - busy0) / max(1e-9, total1 - total0), 3),
@@ -394,8 +414,9 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
     print(
         f"  {result['ok']:,} commands ok at {result['achieved_per_s']:,.0f}/s (errors {result['errors']}), HTTP p50 /"
         f" p99 {result['http_p50_ms']:.1f} / {result['http_p99_ms']:.1f} ms,"
-        f" pacing late p99 {result['late_p99_ms']:.1f} ms; {result['frames']:,} change frames;"
-        f" server CPU {result['server_cpu_s']} s, PostgreSQL"
+        f" pacing late p99 {result['late_p99_ms']:.1f} ms; {result['frames']:,} change frames (read side caught up"
+        f" {result['caught_up_after_s']} s after the load);"
+        f" server CPU {result['server_cpu_s']} s, PostgreSQL (every postgres process of the machine)"
         f" {result['postgres_cpu_s']} s; machine busy {result['machine_busy']:.0%}",
         flush=True,
     )

@@ -120,6 +120,10 @@ class Hub:
             if not group:
                 del self.groups[(subscription.query, subscription.args)]
 
+    def follows(self, query: str, args: str) -> bool:
+        """Whether any subscription of this process follows this query and these arguments."""
+        return (query, args) in self.groups
+
     def dispatch(self, change: Change) -> None:
         group = self.groups.get((change.query, change.args))
         if group:

@@ -8,8 +8,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from adapters.fanout import Change, Hub
 from adapters.postgres import changes, notifications, stripe
@@ -24,6 +25,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PAGE = 1000
+# The follower's page: tuples, and each row as its JSON text, decoded only when a subscriber of this
+# process follows its query and arguments (most changes, e.g. the entry rows of queues nobody here
+# watches, are then never decoded). The same rows and order as changes.PAGE.
+FOLLOW_PAGE = (
+    "SELECT cursor, query, args, key, op, row::text FROM change_feed WHERE cursor > %s ORDER BY cursor LIMIT %s"
+)
+_decode_row = msgspec.json.decode
 
 
 ANYONE, SELF, OWNER = "anyone", "self", "owner"
@@ -154,10 +162,16 @@ class FeedFollower:
                 async with await self._connect() as conn:
                     while True:
                         self._wake.clear()
-                        cursor = await conn.execute(changes.PAGE, (self.hub.dispatched, PAGE))
-                        rows = await cursor.fetchall()
-                        for row in rows:
-                            self.hub.dispatch(to_change(row))
+                        page = conn.cursor(row_factory=tuple_row)
+                        await page.execute(FOLLOW_PAGE, (self.hub.dispatched, PAGE))
+                        rows = await page.fetchall()
+                        hub = self.hub
+                        for at, query, args, key, op, text in rows:
+                            if hub.follows(query, args):
+                                row = None if text is None else _decode_row(text)
+                                hub.dispatch(Change(at, query, args, key, op, row))
+                            else:
+                                hub.advance(at)
                         if len(rows) < PAGE:
                             with contextlib.suppress(TimeoutError):
                                 await asyncio.wait_for(self._wake.wait(), 1.0)

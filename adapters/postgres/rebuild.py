@@ -3,9 +3,10 @@
 1. Scratch schemas `<schema>__rb_<projection>` are dropped and created again (so a run killed
    with -9 leaves nothing a rerun trips on), with the read model's own DDL, unlogged. Their
    `change_feed_head` has no row, so the writers' change-feed statements add nothing there.
-2. The real projections and writers replay the log into them in batches, one transaction each,
-   up to the live position: the live tracking row while a `lineup serve` projects, the log's head
-   when nobody does (then the switch moves the live tracking there too). Never beyond it.
+2. The real projections replay the log, each event decoded once: the bulk into in-memory twins of
+   the writers (rebuild_memory.py, then COPY), the last batch through the PostgreSQL writers, up to
+   the live position: the live tracking row, or for `rebuild` when no `lineup serve` projects, the
+   log's head (then the switch moves the live tracking there too). Never beyond it.
 3. The switch, in one transaction: the live tables are locked against writers (SHARE ROW
    EXCLUSIVE: readers go on; the live projector waits at its next write, it does not fail or
    skip), the scratch tables catch up to the live position, and each table is compared row by
@@ -48,6 +49,11 @@ BATCH = 2000
 BUILDING, SWITCHING = "building", "switching"
 CLAIM_WAIT = 5
 SWITCH_WAIT = 60.0  # seconds the switch waits for a live projector that is behind the rebuilt tables
+
+
+def _scratch_name(schema: str, projection: str) -> str:
+    """`<schema>__rb_<projection>`, cut to PostgreSQL's 63 bytes (which would otherwise cut it silently)."""
+    return f"{schema}__rb_{projection}"[:63]
 
 
 class RebuildBusyError(Exception):
@@ -136,7 +142,7 @@ class Rebuild:
             msg = f"no table description for {', '.join(unknown)}"
             raise ValueError(msg)
         self.models = [
-            _Model(m, f"{database.schema}__rb_{m.name}", {get_topic(t) for t in m.projection.event_types()})
+            _Model(m, _scratch_name(database.schema, m.name), {get_topic(t) for t in m.projection.event_types()})
             for m in models
         ]
         for m in self.models:
@@ -154,7 +160,7 @@ class Rebuild:
             with self.database.connect() as conn:
                 self._claim(conn)
                 self._prepare(conn)
-                self._build(conn)
+                self._build(conn, apply=apply)
                 outcome = self._switch(conn, apply=apply)
         finally:
             if collecting:
@@ -230,10 +236,10 @@ class Rebuild:
         tracked = {row["application_name"]: row["notification_id"] for row in rows}
         return {m.model.name: tracked.get(m.model.name) or 0 for m in self.models}
 
-    def _build(self, conn: psycopg.Connection[Any]) -> None:
+    def _build(self, conn: psycopg.Connection[Any], *, apply: bool) -> None:
         """Replay in the background until every scratch model is within a batch of its target."""
         while True:
-            targets = self._targets(conn, free=self._projector_free(conn))
+            targets = self._targets(conn, free=apply and self._projector_free(conn))
             self.progress(BUILDING, min(m.position for m in self.models), max(targets.values()))
             if all(targets[m.model.name] - m.position <= self.batch_size for m in self.models):
                 self._spill(conn)
@@ -309,7 +315,7 @@ class Rebuild:
         while True:
             outcome = None
             with conn.transaction():
-                free = self._projector_free(conn)
+                free = apply and self._projector_free(conn)  # verify compares at the live position
                 self._lock_live(conn)
                 targets = self._targets(conn, free=free)
                 if all(m.position <= targets[m.model.name] for m in self.models):

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import click
 import psycopg
 
-from adapters.postgres.rebuild import SWITCHING, Outcome, Rebuild, RebuildBusyError
+from adapters.postgres.rebuild import SWITCHING, Outcome, Rebuild
 from adapters.postgres.rebuild_memory import memory_writers
+from adapters.postgres.rebuild_scratch import RebuildBusyError
 from entrypoints.operator import DIFFERENT, OK, OperatorError, _database, _errors
 from entrypoints.read_models import read_models
 from entrypoints.settings import Settings

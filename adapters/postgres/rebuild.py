@@ -19,19 +19,18 @@ last transaction. A session advisory lock per projection keeps two runs from sha
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from eventsourcing.utils import get_topic
 
-from adapters.postgres import changes, live_rows, rebuild_diff
+from adapters.postgres import changes, rebuild_diff, rebuild_scratch
 from adapters.postgres.projector import PROGRESS_CHANNEL
-from adapters.postgres.rebuild_tables import LIVE_ROWS, TABLES
+from adapters.postgres.rebuild_tables import TABLES, Model
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -40,44 +39,12 @@ if TYPE_CHECKING:
     from eventsourcing.persistence import Notification
 
     from adapters.postgres.database import Database
-    from adapters.postgres.projector import BatchWriter
     from adapters.postgres.rebuild_diff import Difference
-    from adapters.postgres.rebuild_tables import Table
-    from projections.base import Projection
+    from adapters.postgres.rebuild_tables import ReadModel, Twin
 
 BATCH = 2000
 BUILDING, SWITCHING = "building", "switching"
-CLAIM_WAIT = 5
 SWITCH_WAIT = 60.0  # seconds the switch waits for a live projector that is behind the rebuilt tables
-
-
-def _scratch_name(schema: str, projection: str) -> str:
-    """`<schema>__rb_<projection>`, cut to PostgreSQL's 63 bytes (which would otherwise cut it silently)."""
-    return f"{schema}__rb_{projection}"[:63]
-
-
-class RebuildBusyError(Exception):
-    """Another rebuild or verify of the same projection is running."""
-
-
-class Twin(Protocol):
-    """An in-memory writer (rebuild_memory.py): `copy` writes its rows into the scratch tables."""
-
-    def flush(self) -> None: ...
-    def copy(self, cursor: psycopg.Cursor[Any]) -> int: ...
-
-
-class ReadModel(Protocol):
-    """A projection with the writer it runs with and the DDL of that writer's tables."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def projection(self) -> Projection[Any]: ...
-    @property
-    def writer(self) -> Callable[[psycopg.Cursor[Any]], BatchWriter]: ...
-    @property
-    def ddl(self) -> str: ...
 
 
 @dataclass
@@ -88,36 +55,6 @@ class Outcome:
     events: int = 0  # log events read and processed
     seconds: float = 0.0
     switched: bool = False
-
-
-@dataclass
-class _Model:
-    model: ReadModel
-    scratch: str
-    topics: set[str]
-    position: int = 0
-    columns: dict[str, list[str]] = field(default_factory=dict)
-    twin: Twin | None = None  # the bulk goes here, then into the scratch tables by COPY
-    handlers: dict[type, Callable[[Projection[Any], Any, Any], None]] = field(default_factory=dict)
-
-    def handler(self, kind: type) -> Callable[[Projection[Any], Any, Any], None]:
-        """The projection's `process` for events of `kind`, found once: a singledispatchmethod builds
-        a new bound wrapper on every access, which cost more than decoding the event."""
-        found = self.handlers.get(kind)
-        if found is None:
-            process = type(self.model.projection).__dict__.get("process")
-            dispatcher = getattr(process, "dispatcher", None)
-            found = dispatcher.dispatch(kind) if dispatcher is not None else type(self.model.projection).process
-            self.handlers[kind] = found
-        return found
-
-    @property
-    def tables(self) -> tuple[Table, ...]:
-        return TABLES[self.model.name]
-
-    @property
-    def live_rows(self) -> bool:
-        return self.model.name in LIVE_ROWS
 
 
 class Rebuild:
@@ -142,7 +79,7 @@ class Rebuild:
             msg = f"no table description for {', '.join(unknown)}"
             raise ValueError(msg)
         self.models = [
-            _Model(m, _scratch_name(database.schema, m.name), {get_topic(t) for t in m.projection.event_types()})
+            Model(m, rebuild_scratch.name(database.schema, m.name), {get_topic(t) for t in m.projection.event_types()})
             for m in models
         ]
         for m in self.models:
@@ -158,7 +95,6 @@ class Rebuild:
         gc.disable()  # the twins hold ~1 row object per event: each full collection walked them all
         try:
             with self.database.connect() as conn:
-                self._claim(conn)
                 self._prepare(conn)
                 self._build(conn, apply=apply)
                 outcome = self._switch(conn, apply=apply)
@@ -170,52 +106,15 @@ class Rebuild:
         outcome.events, outcome.seconds = self.events, time.monotonic() - started
         return outcome
 
-    def _claim(self, conn: psycopg.Connection[Any]) -> None:
-        """One run per projection at a time. Waits a little: the session of a run just killed with
-        -9 ends only when its server process notices."""
-        with contextlib.suppress(psycopg.errors.UndefinedObject):  # PostgreSQL < 14 has no such check
-            # A run killed while it waits for a lock must not leave its session (and its claim) behind.
-            conn.execute("SET client_connection_check_interval = '1s'")
-        conn.execute(f"SET lock_timeout = '{CLAIM_WAIT}s'")
-        for m in self.models:
-            try:
-                conn.execute("SELECT pg_advisory_lock(%s)", (self.database.lock_key(f"rebuild:{m.model.name}"),))
-            except psycopg.errors.LockNotAvailable:
-                msg = f"another rebuild or verify of {m.model.name} is running"
-                raise RebuildBusyError(msg) from None
-        conn.execute("SET lock_timeout = 0")
-
     def _prepare(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(f'SELECT 1 FROM "{self.database.schema}".{self.tracking_table} LIMIT 0')  # noqa: S608 - migrated?
+        rebuild_scratch.claim(conn, self.database, [m.model.name for m in self.models])
+        rebuild_scratch.check_migrated(conn, self.database.schema, self.tracking_table)
         for m in self.models:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{m.scratch}" CASCADE')
-            conn.execute(f'CREATE SCHEMA "{m.scratch}"')
-            with conn.transaction():
-                conn.execute("SELECT set_config('search_path', %s, true)", (f'"{m.scratch}"',))
-                for ddl in (m.model.ddl, changes.DDL, live_rows.DDL):
-                    conn.execute(ddl.replace("CREATE TABLE", "CREATE UNLOGGED TABLE"))
-                conn.execute("DELETE FROM change_feed_head")  # the writers' feed rows go nowhere
-                secondary = conn.execute(  # keys and constraints stay: a bulk COPY maintains no more
-                    "SELECT c.relname AS indexname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                    " WHERE c.relnamespace = %s::regnamespace"
-                    " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
-                    (f'"{m.scratch}"',),
-                ).fetchall()
-                for index in secondary:
-                    conn.execute(f'DROP INDEX "{m.scratch}"."{index["indexname"]}"')
-                for table in m.tables:
-                    m.columns[table.name] = rebuild_diff.columns(conn.cursor(), self.database.schema, table)
-        search_path = ", ".join(f'"{m.scratch}"' for m in self.models)  # writers' tables are unqualified
-        conn.execute("SELECT set_config('search_path', %s, false)", (search_path,))
-        conn.execute("SET synchronous_commit = off")  # scratch tables: nothing to wait for
+            m.columns = rebuild_scratch.create(conn, self.database.schema, m.scratch, m.model.ddl, m.tables)
+        rebuild_scratch.enter(conn, [m.scratch for m in self.models])
 
     def _drop_scratch(self) -> None:
-        try:
-            with self.database.connect() as conn:
-                for m in self.models:
-                    conn.execute(f'DROP SCHEMA IF EXISTS "{m.scratch}" CASCADE')
-        except psycopg.Error:
-            pass  # the next run drops them first anyway
+        rebuild_scratch.drop(self.database, [m.scratch for m in self.models])
 
     def _projector_free(self, conn: psycopg.Connection[Any]) -> bool:
         """Whether no `lineup serve` projects (in a transaction: nobody can start until it ends)."""
@@ -295,10 +194,10 @@ class Rebuild:
         self,
         cursor: psycopg.Cursor[Any] | None,
         notifications: Sequence[Notification],
-        behind: list[_Model],
+        behind: list[Model],
         targets: dict[str, int],
     ) -> None:
-        writers: list[tuple[_Model, Any]] = [
+        writers: list[tuple[Model, Any]] = [
             (m, m.twin if m.twin is not None or cursor is None else m.model.writer(cursor)) for m in behind
         ]
         for notification in notifications:

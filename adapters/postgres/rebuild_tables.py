@@ -1,4 +1,4 @@
-"""What `rebuild` and `verify` need to know of each read model's tables, by projection name.
+"""What `rebuild` and `verify` need to know of each read model: its tables, and its state during a run.
 
 They build the tables again from the log and compare or switch them row by row, so each table
 names its key, the rows the comparison covers, and how a changed row is told to `/ws` subscribers.
@@ -6,9 +6,18 @@ names its key, the rows the comparison covers, and how a changed row is told to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.postgres import notifications, queues, stripe
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import psycopg
+
+    from adapters.postgres.projector import BatchWriter
+    from projections.base import Projection
 
 
 @dataclass(frozen=True)
@@ -51,3 +60,55 @@ TABLES: dict[str, tuple[Table, ...]] = {
     ),
 }
 LIVE_ROWS = frozenset({"queues"})  # their entry rows (queue.event, queue.user) are derived: see live_rows.py
+
+
+class Twin(Protocol):
+    """An in-memory writer (rebuild_memory.py): `copy` writes its rows into the scratch tables."""
+
+    def flush(self) -> None: ...
+    def copy(self, cursor: psycopg.Cursor[Any]) -> int: ...
+
+
+class ReadModel(Protocol):
+    """A projection with the writer it runs with and the DDL of that writer's tables."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def projection(self) -> Projection[Any]: ...
+    @property
+    def writer(self) -> Callable[[psycopg.Cursor[Any]], BatchWriter]: ...
+    @property
+    def ddl(self) -> str: ...
+
+
+@dataclass
+class Model:
+    """One read model during a run: its scratch schema, position, columns, twin and handlers."""
+
+    model: ReadModel
+    scratch: str
+    topics: set[str]
+    position: int = 0
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    twin: Twin | None = None  # the bulk goes here, then into the scratch tables by COPY
+    handlers: dict[type, Callable[[Projection[Any], Any, Any], None]] = field(default_factory=dict)
+
+    def handler(self, kind: type) -> Callable[[Projection[Any], Any, Any], None]:
+        """The projection's `process` for events of `kind`, found once: a singledispatchmethod builds
+        a new bound wrapper on every access, which cost more than decoding the event."""
+        found = self.handlers.get(kind)
+        if found is None:
+            process = type(self.model.projection).__dict__.get("process")
+            dispatcher = getattr(process, "dispatcher", None)
+            found = dispatcher.dispatch(kind) if dispatcher is not None else type(self.model.projection).process
+            self.handlers[kind] = found
+        return found
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        return TABLES[self.model.name]
+
+    @property
+    def live_rows(self) -> bool:
+        return self.model.name in LIVE_ROWS

@@ -258,6 +258,56 @@ def ws_url(server: LineupServer) -> str:
     return server.base_url.replace("http://", "ws://") + "/ws"
 
 
+class Traffic:
+    """While a command runs: the scenario's reads in a loop (statuses kept), and joins to another
+    queue (the live projector must wait for the switch, then go on, neither failing nor skipping)."""
+
+    def __init__(self, server: LineupServer, event_id: str, fans: list[str]) -> None:
+        self.server, self.event_id, self.fans = server, event_id, fans
+        self.busy = f"{event_id}-busy"
+        self.statuses: list[int] = []
+        self.joined: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.read), threading.Thread(target=self.join)]
+
+    def read(self) -> None:
+        with self.server.client() as http:
+            while not self.stop.is_set():
+                answers = reads(http, self.server, self.event_id, self.fans)
+                self.statuses.extend(status for _path, status, _body in answers)
+
+    def join(self) -> None:
+        with self.server.client() as http:
+            post(http, self.server, f"/events/{self.busy}/queue", "owner", {"name": "Busy"})
+            while not self.stop.is_set():
+                user = f"w-{self.busy}-{len(self.joined)}"
+                post(http, self.server, f"/events/{self.busy}/queue/join", user)
+                self.joined.append(user)
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def corrupt(server: LineupServer, event_id: str, entry_id: str, fan: str, note_id: str) -> None:
+    """Corrupt the read model *and* what subscribers were told (the publisher republishes a dirty
+    queue; a feed row removes the notification), so the switch has to correct both."""
+    sql(server, "UPDATE queue_entries SET status = 'called' WHERE entry_id = %s", (entry_id,))
+    sql(server, "INSERT INTO live_dirty (queue_id) SELECT queue_id FROM queue_summary WHERE event_id = %s", (event_id,))
+    sql(server, "DELETE FROM notifications WHERE notification_id = %s", (note_id,))
+    settings = server.settings
+    options = f"-c search_path={settings.database_schema}"
+    conn = psycopg.connect(str(settings.database_url), row_factory=dict_row, options=options)
+    with conn, conn.transaction(), conn.cursor() as cursor:
+        changes.append(cursor, [("notifications.user", fan, note_id, "remove", None)])
+
+
 def test_rebuild_beside_a_serving_server_keeps_reads_answering_and_sockets_end_equal(
     server: LineupServer, client: httpx.Client
 ) -> None:
@@ -270,55 +320,35 @@ def test_rebuild_beside_a_serving_server_keeps_reads_answering_and_sockets_end_e
     note_id = sql(server, "SELECT notification_id FROM notifications WHERE user_id = %s LIMIT 1", (fans[1],))[0][
         "notification_id"
     ]
+    env = env_of(server.settings)
 
     async def watch() -> None:
         async with LiveClient(ws_url(server), server.token("backend", role="service")) as live:
             entries = await live.subscribe("queue.event", {"event_id": event_id})
-            mine = await live.subscribe("queue.user", {"user_id": fans[1]})
             notes = await live.subscribe("notifications.user", {"user_id": fans[1]})
-            summary = await live.subscribe("queue.summary", {"event_id": event_id})
-            views = (entries, mine, notes, summary)
-            truth = [dict(view.rows) for view in views]
-            # Corrupt the read model *and* what subscribers were told (the publisher republishes a
-            # dirty queue; a feed row removes the notification), so the switch has to correct them.
-            sql(server, "UPDATE queue_entries SET status = 'called' WHERE entry_id = %s", (entry_id,))
-            sql(
-                server,
-                "INSERT INTO live_dirty (queue_id) SELECT queue_id FROM queue_summary WHERE event_id = %s",
-                (event_id,),
+            views = (
+                entries,
+                await live.subscribe("queue.user", {"user_id": fans[1]}),
+                notes,
+                await live.subscribe("queue.summary", {"event_id": event_id}),
             )
-            sql(server, "DELETE FROM notifications WHERE notification_id = %s", (note_id,))
-            with (
-                psycopg.connect(
-                    str(server.settings.database_url),
-                    row_factory=dict_row,
-                    options=f"-c search_path={server.settings.database_schema}",
-                ) as conn,
-                conn.transaction(),
-                conn.cursor() as cursor,
-            ):
-                changes.append(cursor, [("notifications.user", fans[1], note_id, "remove", None)])
+            truth = [dict(view.rows) for view in views]
+            corrupt(server, event_id, entry_id, fans[1], note_id)
             await entries.wait_for(lambda rows: rows.get(entry_id, {}).get("status") == "called", timeout=10)
             await notes.wait_for(lambda rows: note_id not in rows, timeout=10)
 
-            stop = threading.Event()
-            statuses: list[int] = []
-
-            def keep_reading() -> None:
-                with server.client() as http:
-                    while not stop.is_set():
-                        statuses.extend(status for _path, status, _body in reads(http, server, event_id, fans))
-
-            reader = threading.Thread(target=keep_reading)
-            reader.start()
-            try:
-                done = await asyncio.to_thread(lineup, "rebuild", "--all", env=env_of(server.settings))
-            finally:
-                stop.set()
-                reader.join()
+            with Traffic(server, event_id, fans) as traffic:
+                done = await asyncio.to_thread(lineup, "rebuild", "--all", env=env)
             assert done.returncode == 0, done.stderr
-            assert statuses
-            assert set(statuses) == {200}
+            assert traffic.statuses
+            assert set(traffic.statuses) == {200}
+            assert traffic.joined
+            with server.client() as http:
+                settled(http)
+                listed = http.get(f"/events/{traffic.busy}/queue", headers=server.headers("owner")).json()
+            assert [entry["user_id"] for entry in listed] == traffic.joined
+            verified = await asyncio.to_thread(lineup, "verify", "--all", env=env)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
             for view, rows in zip(views, truth, strict=True):
                 await view.wait_for(lambda now, rows=rows: now == rows, timeout=10)
             async with LiveClient(ws_url(server), server.token("backend", role="service")) as fresh:

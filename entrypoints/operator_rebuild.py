@@ -143,7 +143,12 @@ def _summary(outcome: Outcome) -> str:
 @click.option("--all", "every", is_flag=True, help="Every read model.")
 @_errors
 def rebuild(projection: str | None, every: bool) -> None:  # noqa: FBT001 - click passes flags so
-    """Rebuild read models from the log while the live ones serve, then switch them in one transaction."""
+    """Rebuild read models beside the live ones, then switch them in.
+
+    Builds PROJECTION (or --all) from the log into scratch tables while HTTP and /ws keep serving,
+    then changes only the live rows that differ, in one transaction, telling /ws subscribers.
+    Interrupting it leaves the live read models untouched.
+    """
     outcome = _run("rebuild", _chosen(projection, every=every), apply=True)
     click.echo(f"rebuilt {_summary(outcome)}")
     sys.exit(OK)
@@ -154,7 +159,11 @@ def rebuild(projection: str | None, every: bool) -> None:  # noqa: FBT001 - clic
 @click.option("--all", "every", is_flag=True, help="Every read model.")
 @_errors
 def verify(projection: str | None, every: bool) -> None:  # noqa: FBT001 - click passes flags so
-    """Rebuild into scratch tables and print each row that differs from the live read model (exit 1)."""
+    """Rebuild into scratch tables and print each row that differs.
+
+    Each differing row is one JSON line: table, key, kind (missing: only the rebuild has it; extra:
+    only the live table; different), live and rebuilt. Exit 0 when everything is equal.
+    """
     outcome = _run("verify", _chosen(projection, every=every), apply=False)
     for difference in outcome.differences:
         line = {

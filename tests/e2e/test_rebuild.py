@@ -159,6 +159,10 @@ def test_unknown_projection_and_bad_usage_exit_2_with_one_line(server: LineupSer
         helped = lineup(command, "--help", env=env)
         assert helped.returncode == 0
         assert "Rebuild" in helped.stdout
+    listed = [line.strip() for line in lineup("--help", env=env).stdout.splitlines()]
+    summaries = [line for line in listed if line.startswith(("rebuild ", "verify "))]
+    assert len(summaries) == 2  # one untruncated line each
+    assert not any(line.endswith("...") for line in summaries), summaries
 
 
 def test_on_an_unmigrated_schema_verify_exits_2(server: LineupServer) -> None:

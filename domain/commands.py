@@ -189,9 +189,10 @@ Outcome = EntryView | QueueSummary | Joined | Recorded | Processed | AccountView
 class Workspace(Protocol):
     """The aggregates a batch works on: loaded once, saved together."""
 
-    def get(self, aggregate_id: UUID, *, assume_new: bool = False) -> Aggregate | None:
-        """The aggregate, or None. `assume_new`: the caller expects none (the store's unique key
-        refuses a second one anyway), so the workspace may skip reading the store."""
+    def get(self, aggregate_id: UUID, *, optimistic: bool = False) -> Aggregate | None:
+        """The aggregate, or None. `optimistic`: the workspace may answer from what it already
+        holds (or None) without reading the store; a wrong guess collides on the store's unique
+        (id, version) key when saved, and the batch is run again reading everything."""
 
     def add(self, aggregate: Aggregate) -> None:
         """A new or changed aggregate to save with the batch."""
@@ -268,14 +269,14 @@ def apply_queue_command(queue: Queue | None, command: QueueCommand, at: int) -> 
 
 def _record_stripe_event(workspace: Workspace, command: RecordStripeEvent, at: int) -> Recorded:
     stripe_id = command.envelope.id
-    if workspace.get(stripe_event_id_for(stripe_id), assume_new=True) is not None:
+    if workspace.get(stripe_event_id_for(stripe_id), optimistic=True) is not None:
         return Recorded(stripe_id, duplicate=True)
     workspace.add(StripeEvent.receive(command.envelope, command.payload, at))
     return Recorded(stripe_id, duplicate=False)
 
 
 def _account(workspace: Workspace, account_id: str, at: int) -> StripeAccount:
-    found = workspace.get(account_id_for(account_id))
+    found = workspace.get(account_id_for(account_id), optimistic=True)
     if isinstance(found, StripeAccount):
         return found
     return StripeAccount(account_id=account_id, at=at)
@@ -288,7 +289,7 @@ def _process_stripe_event(workspace: Workspace, command: ProcessStripeEvent, at:
         applied = account.update(command.stripe_id, command.created, fact, at)
         workspace.add(account)
         return Processed(applied)
-    found = workspace.get(payment_id_for(fact.payment_id))
+    found = workspace.get(payment_id_for(fact.payment_id), optimistic=True)
     payment = found if isinstance(found, Payment) else Payment(payment_id=fact.payment_id, at=at)
     first_success = payment.record(command.stripe_id, command.created, fact, at)
     if first_success and not payment.admitted:

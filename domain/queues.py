@@ -57,12 +57,14 @@ class _Batch:
         self.loaded: dict[UUID, Aggregate | None] = {}
         self.touched: dict[UUID, Aggregate] = {}
 
-    def get(self, aggregate_id: UUID, *, assume_new: bool = False) -> Aggregate | None:
+    def get(self, aggregate_id: UUID, *, optimistic: bool = False) -> Aggregate | None:
         if aggregate_id in self.touched:
             return self.touched[aggregate_id]
         if aggregate_id not in self.loaded:
-            if assume_new and self.optimistic and aggregate_id not in self.app._records:
-                self.loaded[aggregate_id] = None  # a duplicate collides on save; the retry reads
+            if optimistic and self.optimistic:
+                # No round trip: the cached state or a new aggregate. If another writer got there
+                # first, the save collides on (id, version) and the retry reads the store.
+                self.loaded[aggregate_id] = self.app._cached(aggregate_id)
             else:
                 self.loaded[aggregate_id] = self.app._load(aggregate_id)
         return self.loaded[aggregate_id]
@@ -161,6 +163,9 @@ class Queues(Application[Any]):
         if not isinstance(queue, Queue):
             raise QueueNotFoundError(f"no queue is open for event {event_id}")
         return queue.summary()
+
+    def _cached(self, aggregate_id: UUID) -> Aggregate | None:
+        return self._records.get(aggregate_id) or self._live.get(aggregate_id)
 
     def _load(self, aggregate_id: UUID) -> Aggregate | None:
         record = self._records.get(aggregate_id)

@@ -448,6 +448,28 @@ def test_an_account_seen_before_it_is_linked(server: LineupServer, client: httpx
     assert wait_for(account_of, server, client, user) == fx.account_state(event)
 
 
+def test_an_update_after_a_link_from_another_writer_is_applied(server: LineupServer, client: httpx.Client) -> None:
+    """The Stripe process answers from its own cache without reading the store; the link below is
+    written by the HTTP side, so the next update starts from a stale copy, collides on save and is
+    applied again from the store: it must land, linked to the user, with its notification."""
+    user, account, created = uid("relinked"), fx.new_id("acct"), int(time.time())
+    first = fx.account_event(fx.ACCOUNT_INCOMPLETE, account_id=account, created=created)
+    assert send(client, first) is False
+    time.sleep(0.3)  # processed and cached by the Stripe process (nobody to notify yet)
+    linked = client.post(
+        "/stripe/accounts",
+        json={"account_id": account, "user_id": user},
+        headers=server.headers("backend", role="service"),
+    )
+    assert linked.status_code == 200, linked.text
+    assert wait_for(account_of, server, client, user) == fx.account_state(first)
+    second = fx.account_event(fx.ACCOUNT_ONBOARDED, account_id=account, created=created + 10)
+    assert send(client, second) is False
+    assert wait_for(lambda: account_of(server, client, user) == fx.account_state(second) or None)
+    notes = eventually(lambda: present(notes_of(server, client, user, "stripe.account.updated")))
+    assert [note["data"].get("message") for note in notes] == [ACTIVE]
+
+
 # (4) Payments and paid admission -----------------------------------------------------------------------
 
 

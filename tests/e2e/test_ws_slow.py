@@ -32,7 +32,7 @@ PREFILL = 350  # waiting entries before the clients subscribe
 # joins while the slow client is stalled, at most (about 20 are needed): the queue must stay under
 # adapters.postgres.live_rows.IMMEDIATE (500) waiting, or its rows are published only once a second
 MAX_JOINS = 499 - PREFILL
-IN_TIME = 2.0  # seconds within which the fast client must see each join (the slow one stalls far longer)
+IN_TIME = 5.0  # seconds within which the fast client must see each join (the slow one stalls far longer)
 STALL_AFTER_LAST = IN_TIME + 1.0  # the slow client goes on not reading this long after the last join
 OUTBOX_LIMIT = 1000  # adapters.fanout.Outbox: live frames queued per connection before it overflows
 TIMEOUT = 10.0

@@ -46,7 +46,7 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _errors(command: F) -> F:
+def operator_errors(command: F) -> F:
     """Bad usage or configuration exits 2 with one line, never a traceback."""
 
     @functools.wraps(command)
@@ -86,7 +86,7 @@ def _quiet() -> None:
 
 
 @contextlib.contextmanager
-def _database() -> Iterator[tuple[Settings, Database]]:
+def configured_database() -> Iterator[tuple[Settings, Database]]:
     """The configured database; the embedded server is attached to (or started) and released."""
     from entrypoints.bootstrap import open_database
 
@@ -110,12 +110,12 @@ def _pool(database: Database, size: int = 2) -> Iterator[ConnectionPool[psycopg.
 
 
 @click.command()
-@_errors
+@operator_errors
 def cleanup() -> None:
     """Run the periodic clean-up once and print what it removed."""
     from adapters.postgres.cleanup import Cleanup
 
-    with _database() as (_settings, database), _pool(database) as pool:
+    with configured_database() as (_settings, database), _pool(database) as pool:
         job = Cleanup(pool)
         removed, hours = job.run(), job.keep_hours
     click.echo(
@@ -153,7 +153,7 @@ def _json_line(value: object) -> str:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@_errors
+@operator_errors
 def status(*, as_json: bool) -> None:
     """Show projection lag, the log and change-feed heads, who projects.
 
@@ -171,7 +171,7 @@ def status(*, as_json: bool) -> None:
     from entrypoints.bootstrap import STRIPE_PROCESS, TRACKING_TABLE
     from entrypoints.read_models import read_models
 
-    with _database() as (settings, database), _log(settings, database) as log, _pool(database) as pool:
+    with configured_database() as (settings, database), _log(settings, database) as log, _pool(database) as pool:
         projections = list(read_models(settings))
         names = [*projections, STRIPE_PROCESS]
         found = read_status(log.app, pool, names, TRACKING_TABLE, database.lock_key("projector"))
@@ -241,7 +241,7 @@ def _status_table(report: dict[str, Any]) -> None:
 @click.option("--after", type=click.IntRange(min=0), default=0, show_default=True, help="Start after this position.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Print at most this many events.")
 @click.option("--follow", is_flag=True, help="Then print each new event as it is committed, until Ctrl-C.")
-@_errors
+@operator_errors
 def events(after: int, limit: int | None, *, follow: bool) -> None:
     """Print the event log as JSON lines; --follow streams new events.
 
@@ -253,7 +253,7 @@ def events(after: int, limit: int | None, *, follow: bool) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with _database() as (settings, database), _log(settings, database) as log:
+        with configured_database() as (settings, database), _log(settings, database) as log:
             for event in log.follow(after, limit) if follow else log.events(after, limit):
                 click.echo(_json_line(dataclasses.asdict(event)))
     except KeyboardInterrupt:  # how a follow ends: exit 0, no traceback
@@ -264,7 +264,7 @@ def events(after: int, limit: int | None, *, follow: bool) -> None:
 @click.argument("projection")
 @click.option("--from", "start", type=click.IntRange(min=1), default=1, show_default=True, help="First position.")
 @click.option("--to", "stop", type=click.IntRange(min=1), default=None, help="Last position (default: the head).")
-@_errors
+@operator_errors
 def replay(projection: str, start: int, stop: int | None) -> None:
     """Print what a projection would write for a range; writes nothing.
 
@@ -281,7 +281,7 @@ def replay(projection: str, start: int, stop: int | None) -> None:
         raise OperatorError(f"unknown projection {projection!r}; known: {', '.join(models)}")
     if stop is not None and stop < start:
         raise OperatorError(f"--to {stop} is before --from {start}")
-    with _database() as (settings, database), _log(settings, database) as log:
+    with configured_database() as (settings, database), _log(settings, database) as log:
         for call in run_replay(log, models[projection].projection, start, stop):
             click.echo(_json_line({"position": call.position, "call": call.intent, "arguments": call.arguments}))
 

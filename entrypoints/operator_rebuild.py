@@ -20,7 +20,7 @@ import psycopg
 from adapters.postgres.rebuild import SWITCHING, Outcome, Rebuild
 from adapters.postgres.rebuild_memory import memory_writers
 from adapters.postgres.rebuild_scratch import RebuildBusyError
-from entrypoints.operator import DIFFERENT, OK, OperatorError, _database, _errors
+from entrypoints.operator import DIFFERENT, OK, OperatorError, configured_database, operator_errors
 from entrypoints.read_models import read_models
 from entrypoints.settings import Settings
 
@@ -102,7 +102,7 @@ def _chosen(projection: str | None, *, every: bool) -> list[str]:
 def _run(command: str, names: list[str], *, apply: bool) -> Outcome:
     from entrypoints.bootstrap import TRACKING_TABLE, event_store
 
-    with _database() as (settings, database):
+    with configured_database() as (settings, database):
         known = read_models(settings)
         models = [known[name] for name in names]
         app = event_store(settings, database, pool_size=2)
@@ -114,7 +114,7 @@ def _run(command: str, names: list[str], *, apply: bool) -> Outcome:
         except (RebuildBusyError, TimeoutError) as error:
             raise OperatorError(str(error)) from None
         except (psycopg.errors.UndefinedTable, psycopg.OperationalError):
-            raise  # "run lineup migrate" / "cannot reach the database": said by _errors
+            raise  # "run lineup migrate" / "cannot reach the database": said by operator_errors
         except psycopg.DatabaseError as error:  # e.g. a constraint the rebuilt rows break in the switch
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             msg = f"{command} failed, the live read models are unchanged: {first}"
@@ -141,7 +141,7 @@ def _summary(outcome: Outcome) -> str:
 @click.command()
 @click.argument("projection", required=False)
 @click.option("--all", "every", is_flag=True, help="Every read model.")
-@_errors
+@operator_errors
 def rebuild(projection: str | None, every: bool) -> None:  # noqa: FBT001 - click passes flags so
     """Rebuild read models beside the live ones, then switch them in.
 
@@ -157,7 +157,7 @@ def rebuild(projection: str | None, every: bool) -> None:  # noqa: FBT001 - clic
 @click.command()
 @click.argument("projection", required=False)
 @click.option("--all", "every", is_flag=True, help="Every read model.")
-@_errors
+@operator_errors
 def verify(projection: str | None, every: bool) -> None:  # noqa: FBT001 - click passes flags so
     """Rebuild into scratch tables and print each row that differs.
 

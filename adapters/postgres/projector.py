@@ -74,15 +74,18 @@ class ProjectionRunner(Generic[W]):
     def name(self) -> str:
         return self.projection.name
 
-    def run_once(self) -> int:
+    def run_once(self, head: int | None = None) -> int:
         """Process the next batch of events; returns how many log positions it moved on (0: none new).
 
         Only the projection's own topics are fetched, from a window of at most `SCAN_WINDOW` log
         positions (an index range scan however long the backlog). Commits happen in log order
         (eventsourcing's insert locks the table), so every position up to the log head read first
         is visible: a short page means the window was read to its end.
+        `head`, when given, is the log head the caller has just read (one read per round serves
+        every runner).
         """
-        head = self.app.recorder.max_notification_id() or 0
+        if head is None:
+            head = self.app.recorder.max_notification_id() or 0
         if head <= self.position:
             return 0
         stop = min(head, self.position + SCAN_WINDOW)
@@ -169,7 +172,8 @@ class ProjectorThread:
                 self._wake.wait(0.5)
                 continue
             try:
-                busy = sum(runner.run_once() for runner in self.runners)
+                head = (self.runners[0].app.recorder.max_notification_id() or 0) if self.runners else 0
+                busy = sum(runner.run_once(head) for runner in self.runners)
                 busy += sum(publish() for publish in self.publishers)
                 self._announce_published()
             except Exception:

@@ -45,21 +45,9 @@ EVENTS_TABLE = "queues_events"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("LINEUP_BENCH_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres",
-        help="PostgreSQL for both the baseline and the server (default: $LINEUP_BENCH_DATABASE_URL or local)",
-    )
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed phase")
+    pgbaseline.add_arguments(parser, clients=16)
     parser.add_argument("--clients", type=int, default=64, help="concurrent HTTP clients joining the queue")
-    parser.add_argument("--baseline-clients", type=int, default=16, help="psycopg connections for the baseline")
     parser.add_argument("--port", type=int, default=0, help="port for `lineup serve` (default: a free one)")
-    parser.add_argument(
-        "--baseline-mode",
-        choices=["best", "threads", "processes"],
-        default="best",
-        help="run the baseline from threads, processes, or both and keep the higher (default)",
-    )
     parser.add_argument(
         "--load-generator", choices=["auto", "wrk", "python"], default="auto", help="auto: wrk if installed"
     )

@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+if TYPE_CHECKING:
+    import argparse
+
 PAYLOAD_BYTES = 330
 SCRATCH_TABLE = "raw_insert"
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, clients: int) -> None:
+    """The options every benchmark measured beside this baseline shares."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("LINEUP_BENCH_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL for both the baseline and the server (default: $LINEUP_BENCH_DATABASE_URL or local)",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed phase")
+    parser.add_argument("--baseline-clients", type=int, default=clients, help="psycopg connections for the baseline")
+    parser.add_argument(
+        "--baseline-mode",
+        choices=["best", "threads", "processes"],
+        default="best",
+        help="run the baseline from threads, processes, or both and keep the higher (default)",
+    )
 
 
 def payload(size: int = PAYLOAD_BYTES) -> str:

@@ -69,22 +69,10 @@ USERS_PER_PROCESS = 500
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("LINEUP_BENCH_DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres",
-        help="PostgreSQL for both the baseline and the server (default: $LINEUP_BENCH_DATABASE_URL or local)",
-    )
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed phase")
+    pgbaseline.add_arguments(parser, clients=32)
     parser.add_argument("--senders", type=int, default=32, help="concurrent webhook senders (connections)")
     parser.add_argument("--procs", type=int, default=4, help="processes the senders are spread over")
     parser.add_argument("--duplicates", type=float, default=0.3, help="fraction of sends that repeat an event")
-    parser.add_argument("--baseline-clients", type=int, default=32, help="psycopg connections for the baseline")
-    parser.add_argument(
-        "--baseline-mode",
-        choices=["best", "threads", "processes"],
-        default="best",
-        help="default: both, keep the higher",
-    )
     parser.add_argument(
         "--rate",
         type=float,

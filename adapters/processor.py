@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 
+from adapters.postgres.log import topic_page
 from domain.queues import AlreadyProcessedError
 
 if TYPE_CHECKING:
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     from domain.queues import Exclusive, Queues
 
 log = logging.getLogger(__name__)
-SCAN_WINDOW = 10_000  # log positions one page may span
 IDLE_TRACKING_INTERVAL = 5.0  # seconds between tracking writes while no event concerns the process
 
 
@@ -69,15 +69,8 @@ class EventProcessor:
             if self._dirty and time.monotonic() - self._written_at >= IDLE_TRACKING_INTERVAL:
                 self._execute([], self.position)
             return 0
-        # Only this process's topic crosses the wire (a Stripe payload is a few KB; queue events
-        # need not be fetched at all). Commits happen in notification-id order (the recorder locks
-        # the table), so every id up to `stop` is visible now: a short page means we read to `stop`.
-        # The window keeps each page an index range scan however long the backlog.
-        stop = min(head, self.position + SCAN_WINDOW)
-        notifications = self.app.recorder.select_notifications(
-            start=self.position, limit=self.batch_size, stop=stop, topics=[self.topic], inclusive_of_start=False
-        )
-        last = notifications[-1].id if len(notifications) == self.batch_size else stop
+        # Only this process's topic crosses the wire (a Stripe payload is a few KB).
+        notifications, last = topic_page(self.app, self.position, head, [self.topic], self.batch_size)
         commands = [
             command
             for notification in notifications

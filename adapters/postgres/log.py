@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.utils import TopicError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from datetime import datetime
 
     from eventsourcing.application import Application
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from adapters.postgres.database import Database
 
 PAGE = 1000
+SCAN_WINDOW = 10_000  # log positions one topic page may span
 POLL_SECONDS = 1.0  # a NOTIFY lost with a dropped connection costs at most this long
 
 
@@ -39,6 +40,21 @@ class LoggedEvent:
     topic: str
     timestamp: datetime | None
     state: dict[str, Any]
+
+
+def topic_page(
+    app: Application[Any], position: int, head: int, topics: Sequence[str], limit: int
+) -> tuple[Sequence[Notification], int]:
+    """Events of `topics` after `position`, at most `limit`, from a window of at most
+    `SCAN_WINDOW` positions ending at or before `head` (the log head, read just before); and the
+    position read up to. Only those topics cross the wire, each page is an index range scan however
+    long the backlog, and since every position up to `head` is visible (see above), a short page
+    means the window was read to its end."""
+    stop = min(head, position + SCAN_WINDOW)
+    page = app.recorder.select_notifications(
+        start=position, limit=limit, stop=stop, topics=list(topics), inclusive_of_start=False
+    )
+    return page, page[-1].id if len(page) == limit else stop
 
 
 class EventLog:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.utils import get_topic
 
+from adapters.postgres.log import topic_page
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -27,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
 ELECTION_INTERVAL = 1.0
-SCAN_WINDOW = 10_000  # log positions one projection batch may span
 PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
 
 
@@ -77,10 +78,7 @@ class ProjectionRunner(Generic[W]):
     def run_once(self, head: int | None = None) -> int:
         """Process the next batch of events; returns how many log positions it moved on (0: none new).
 
-        Only the projection's own topics are fetched, from a window of at most `SCAN_WINDOW` log
-        positions (an index range scan however long the backlog). Commits happen in log order
-        (eventsourcing's insert locks the table), so every position up to the log head read first
-        is visible: a short page means the window was read to its end.
+        Only the projection's own topics are fetched (`adapters.postgres.log.topic_page`).
         `head`, when given, is the log head the caller has just read (one read per round serves
         every runner).
         """
@@ -88,11 +86,7 @@ class ProjectionRunner(Generic[W]):
             head = self.app.recorder.max_notification_id() or 0
         if head <= self.position:
             return 0
-        stop = min(head, self.position + SCAN_WINDOW)
-        notifications = self.app.recorder.select_notifications(
-            start=self.position, limit=self.batch_size, stop=stop, topics=self.topic_list, inclusive_of_start=False
-        )
-        last = notifications[-1].id if len(notifications) == self.batch_size else stop
+        notifications, last = topic_page(self.app, self.position, head, self.topic_list, self.batch_size)
         try:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                 with conn.pipeline():

@@ -380,15 +380,20 @@ class Session:
         if self._sender is None and not self._closed and not self._writing:
             self._write_now()
 
-    def _write_now(self) -> None:
+    def _next_frame(self) -> str | None:
+        """The next frame to send; an overflow marker on the way starts the reset snapshots."""
         frames = self.outbox.frames
+        while frames:
+            text = frames.popleft()
+            if text != RESET:
+                return text
+            self._reset_all()
+        return None
+
+    def _write_now(self) -> None:
         self._writing = True
         try:
-            while frames:
-                text = frames.popleft()
-                if text == RESET:
-                    self._reset_all()
-                    continue
+            while (text := self._next_frame()) is not None:
                 send = self.socket.send_text(text)
                 try:
                     blocked_on = send.send(None)
@@ -398,28 +403,23 @@ class Session:
                 return
         except Exception:  # the peer went away: the receive loop sees it too
             log.debug("send failed", exc_info=True)
-            frames.clear()
+            self.outbox.frames.clear()
         finally:
             self._writing = False
 
     async def _send_loop(self, started: Coroutine[Any, Any, None] | None = None, blocked_on: Any = None) -> None:
         """Finishes a send that suspended, then sends what has queued behind it, then ends
         (the next frame is written directly again)."""
-        frames = self.outbox.frames
         try:
             if started is not None:
                 await _resume(started, blocked_on)
-            while frames:
-                text = frames.popleft()
-                if text == RESET:
-                    self._reset_all()
-                    continue
+            while (text := self._next_frame()) is not None:
                 await self.socket.send_text(text)
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away: the receive loop sees it too
             log.debug("send failed", exc_info=True)
-            frames.clear()
+            self.outbox.frames.clear()
         finally:
             self._sender = None
 

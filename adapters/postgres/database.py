@@ -11,6 +11,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from adapters.postgres.eventstore import TOPIC as PROCESS_RECORDER
+
 MAX_SCHEMA_LEN = 48
 
 
@@ -37,6 +39,7 @@ class Database:
         params = conninfo_to_dict(self.url)
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "PROCESS_RECORDER_TOPIC": PROCESS_RECORDER,  # binary column arrays: see adapters.postgres.eventstore
             "POSTGRES_DBNAME": str(params.get("dbname") or params.get("user") or "postgres"),
             "POSTGRES_HOST": str(params.get("host") or "localhost"),
             "POSTGRES_PORT": str(params.get("port") or "5432"),

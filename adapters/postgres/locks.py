@@ -34,6 +34,9 @@ class QueueLocks:
     @contextlib.contextmanager
     def hold(self, queue_ids: Iterable[UUID]) -> Iterator[None]:
         keys = sorted({self.database.lock_key(queue_id.bytes) for queue_id in queue_ids})
+        if not keys:  # e.g. a batch of Stripe events: no queue, no round trips
+            yield
+            return
         conn = self._connection()
         try:
             conn.execute(LOCK_SQL, (keys,))

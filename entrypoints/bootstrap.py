@@ -196,8 +196,10 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
             channel = queues.recorder.channel_name  # type: ignore[attr-defined]
             publisher = live_rows.LiveRowsPublisher(pool)
             container.processors = [stripe_processor(settings, database, container)]
-            periodic: list[Callable[[], int]] = [publisher.publish_due, *container.processors, Cleanup(pool)]
-            container.projector = ProjectorThread(database, channel, runners, progress, periodic)
+            publishers: list[Callable[[], int]] = [publisher.publish_due, Cleanup(pool)]
+            container.projector = ProjectorThread(
+                database, channel, runners, progress, processors=container.processors, publishers=publishers
+            )
     except BaseException:
         if embedded is not None:
             embedded.stop()

@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.utils import get_topic
+from psycopg.sql import SQL, Identifier
 
 from adapters.postgres.log import topic_page
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import psycopg
     from eventsourcing.application import Application
+    from eventsourcing.persistence import Notification
     from eventsourcing.postgres import PostgresTrackingRecorder
     from psycopg_pool import ConnectionPool
 
@@ -30,6 +32,39 @@ log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
 ELECTION_INTERVAL = 1.0
 PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
+
+# Once per round, one statement: the tracking rows of runners that moved on in memory (never
+# backwards: whoever recorded more wins), and the position every projection and the feed have
+# reached, for the waiters of every process.
+CHECKPOINT = SQL("""
+WITH moved AS (
+    INSERT INTO {tracking} AS t (application_name, notification_id)
+    SELECT * FROM unnest(%(names)s::text[], %(positions)s::bigint[])
+    ON CONFLICT (application_name) DO UPDATE SET notification_id = excluded.notification_id
+    WHERE t.notification_id < excluded.notification_id
+    RETURNING 1)
+SELECT (SELECT count(*) FROM moved),
+    CASE WHEN %(payload)s::text IS NOT NULL THEN pg_notify(%(channel)s, %(payload)s) END
+""")
+
+
+def checkpoint(
+    conn: psycopg.Connection[Any],
+    tracking: PostgresTrackingRecorder,
+    runners: Sequence[ProjectionRunner[Any]],
+    payload: str | None,
+) -> None:
+    """Record the in-memory positions of `runners` and send `payload` on the progress channel, in one statement."""
+    table = Identifier(tracking.datastore.schema, tracking.tracking_table_name)
+    names = [runner.projection.name for runner in runners]
+    positions = [runner.position for runner in runners]
+    conn.execute(
+        CHECKPOINT.format(tracking=table),
+        {"names": names, "positions": positions, "channel": PROGRESS_CHANNEL, "payload": payload},
+        prepare=True,
+    )
+    for runner in runners:
+        runner.dirty = False
 
 
 def projector_application() -> str:
@@ -69,6 +104,7 @@ class ProjectionRunner(Generic[W]):
         self.topics = {get_topic(cls) for cls in projection.event_types()}  # only these are fetched
         self.topic_list = sorted(self.topics) or ["-"]  # an empty filter would mean every topic
         self.position = self.tracked()
+        self.dirty = False  # the position in memory is ahead of the tracking row (nothing to project between)
         progress.register(projection.name, self.position)
 
     @property
@@ -80,43 +116,57 @@ class ProjectionRunner(Generic[W]):
 
         Only the projection's own topics are fetched (`adapters.postgres.log.topic_page`).
         `head`, when given, is the log head the caller has just read (one read per round serves
-        every runner).
+        every runner). A window without any of them costs no transaction: the position moves on in
+        memory (`dirty`) and the caller records it with the other runners' in one statement
+        (`ProjectorThread._checkpoint`; `catch_up` records it itself). Reading such a window again
+        after a crash finds nothing to do, so exactly once still holds.
         """
         if head is None:
             head = self.app.recorder.max_notification_id() or 0
         if head <= self.position:
             return 0
         notifications, last = topic_page(self.app, self.position, head, self.topic_list, self.batch_size)
+        if notifications:
+            if not self._commit(notifications, last):
+                return 0
+        else:
+            self.dirty = True
+        moved, self.position = last - self.position, last
+        self.progress.advance(self.projection.name, last)
+        return moved
+
+    def _commit(self, notifications: Sequence[Notification], last: int) -> bool:
+        """The batch's read-model changes and the tracking position `last`, in one transaction;
+        False when another process had recorded that position first (this one then goes on from theirs)."""
         try:
             with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                 with conn.pipeline():
                     writer = self.writer(cursor)
                     for notification in notifications:
-                        if notification.topic in self.topics:
-                            self.projection.process(self.app.mapper.to_domain_event(notification), writer)
+                        self.projection.process(self.app.mapper.to_domain_event(notification), writer)
                     writer.flush()
                 self.tracking._insert_tracking(cursor, Tracking(self.projection.name, last))
-                cursor.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, f"{self.projection.name}:{last}"))
         except IntegrityError:
-            # Someone else recorded this position first: take theirs and go on from there.
             self.reload()
-            return 0
-        moved, self.position = last - self.position, last
-        self.progress.advance(self.projection.name, last)
-        return moved
+            return False
+        self.dirty = False
+        return True
 
     def tracked(self) -> int:
         """The position committed in the database (whoever committed it)."""
         return self.tracking.max_tracking_id(self.projection.name) or 0
 
     def reload(self) -> None:
-        self.position = self.tracked()
+        self.position, self.dirty = self.tracked(), False
         self.progress.advance(self.projection.name, self.position)
 
     def catch_up(self) -> int:
         total = 0
         while count := self.run_once():
             total += count
+        if self.dirty:
+            with self.pool.connection() as conn:
+                checkpoint(conn, self.tracking, [self], f"{self.projection.name}:{self.position}")
         return total
 
 
@@ -129,15 +179,17 @@ class ProjectorThread:
     can wait for their own events to be projected whoever projects them.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         database: Database,
         channel: str,
         runners: list[ProjectionRunner[Any]],
         progress: Progress,
+        processors: Sequence[Callable[[], int]] = (),
         publishers: list[Callable[[], int]] | None = None,
     ) -> None:
         self.database, self.channel, self.runners, self.progress = database, channel, runners, progress
+        self.processors = list(processors)  # first in each round: what they write is projected in the same round
         self.publishers = publishers or []  # after each round: derived rows onto the change feed
         self._published = min((runner.position for runner in runners), default=0)
         progress.register(PUBLISHED, self._published)  # reads wait for publishing too
@@ -166,10 +218,11 @@ class ProjectorThread:
                 self._wake.wait(0.5)
                 continue
             try:
+                busy = sum(process() for process in self.processors)
                 head = (self.runners[0].app.recorder.max_notification_id() or 0) if self.runners else 0
-                busy = sum(runner.run_once(head) for runner in self.runners)
+                busy += sum(runner.run_once(head) for runner in self.runners)
                 busy += sum(publish() for publish in self.publishers)
-                self._announce_published()
+                self._checkpoint()
             except Exception:
                 log.exception("projection batch failed; retrying in 1 s")
                 self._stop.wait(1.0)
@@ -177,11 +230,18 @@ class ProjectorThread:
             if not busy:
                 self._wake.wait(0.5)
 
-    def _announce_published(self) -> None:
+    def _checkpoint(self) -> None:
+        """One statement per round: the tracking rows of runners that moved on in memory, and one
+        notification telling every process how far all projections and the feed are: waiters
+        (read-your-writes) in any process wait for that, the lowest of all positions."""
+        dirty = [runner for runner in self.runners if runner.dirty]
         position = min((runner.position for runner in self.runners), default=0)
-        if position > self._published:
-            with self.runners[0].pool.connection() as conn:
-                conn.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, f"{PUBLISHED}:{position}"))
+        moved = position > self._published
+        if not dirty and not moved:
+            return
+        with self.runners[0].pool.connection() as conn:
+            checkpoint(conn, self.runners[0].tracking, dirty, f"{PUBLISHED}:{position}" if moved else None)
+        if moved:
             self._published = position
             self.progress.advance(PUBLISHED, position)
 
@@ -218,6 +278,9 @@ class ProjectorThread:
             for notify in conn.notifies(timeout=0.5):
                 if notify.channel == PROGRESS_CHANNEL:
                     name, _, at = notify.payload.partition(":")
+                    # "published" is at or below every projection's position: it moves them all
+                    for each in [runner.projection.name for runner in self.runners] if name == PUBLISHED else []:
+                        self.progress.advance(each, int(at))
                     self.progress.advance(name, int(at))
                 else:
                     self._wake.set()

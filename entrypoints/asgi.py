@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
-
 from entrypoints.bootstrap import build
 from entrypoints.http import create_app
 from entrypoints.settings import Settings
+from entrypoints.webhook_path import StripeWebhookPath
 
 
-def worker_app() -> Litestar:
+def worker_app() -> StripeWebhookPath:
     """One worker: its own container (committer, pools, listener); the app closes it on shutdown."""
     container = build(Settings.from_env())
     container.start()
-    return create_app(container)
+    return StripeWebhookPath(create_app(container), container)

@@ -94,6 +94,7 @@ def serve() -> None:
 
     from entrypoints.bootstrap import build
     from entrypoints.http import create_app
+    from entrypoints.webhook_path import StripeWebhookPath
     from entrypoints.workers import WS_PING_INTERVAL, GracefulServer, check_port
 
     settings = Settings.from_env()
@@ -106,7 +107,7 @@ def serve() -> None:
     try:
         container.start()
         config = uvicorn.Config(
-            create_app(container),
+            StripeWebhookPath(create_app(container), container),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

@@ -28,5 +28,5 @@ def replay(log: EventLog, projection: Projection[Any], start: int = 1, stop: int
         if notification.topic not in topics:
             continue
         recording.position = notification.id
-        projection.process(log.app.mapper.to_domain_event(notification), writer)
+        projection.process_at(notification.id, log.app.mapper.to_domain_event(notification), writer)
         yield from recording.take()

@@ -8,6 +8,14 @@ from typing import ClassVar, Generic, TypeVar
 W = TypeVar("W")
 
 
+class Writer:
+    """What every projection's writer has besides its intent-named methods (its ABC derives from this)."""
+
+    position: int = 0
+    """The log position of the event being processed; set by whoever feeds events to the projection
+    (`Projection.process_at`, or the rebuild's loop), used to order notifications created at the same time."""
+
+
 class Projection(ABC, Generic[W]):
     """Turns domain events into read-model changes, expressed as calls on a writer `W`.
 
@@ -21,6 +29,12 @@ class Projection(ABC, Generic[W]):
     @abstractmethod
     def process(self, domain_event: object, writer: W) -> None:
         """Express `domain_event` as writer calls; events it does not know are ignored."""
+
+    def process_at(self, position: int, domain_event: object, writer: W) -> None:
+        """`process` the event at log `position`, the writer told that position first: what feeders call."""
+        if isinstance(writer, Writer):
+            writer.position = position
+        self.process(domain_event, writer)
 
     @classmethod
     def event_types(cls) -> tuple[type, ...]:

@@ -16,7 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from domain.notifications import Notification
 from domain.queue import Queue
 from domain.stripe import ACTIVE_MESSAGE, Payment, StripeAccount
-from projections.base import Projection
+from projections.base import Projection, Writer
 
 CALLED_MESSAGE = "It's your turn"
 NEXT_MESSAGE = "You're next"
@@ -27,12 +27,16 @@ def notification_id_for(originator_id: UUID, version: int) -> str:
     return str(uuid5(NAMESPACE_URL, f"/notifications/{originator_id}/{version}"))
 
 
-class NotificationsWriter(ABC):
+class NotificationsWriter(Writer, ABC):
+    """`position` (from `Writer`): the log position of the event being processed; set by whoever
+    feeds events to the projection, used to order notifications created at the same time."""
+
     @abstractmethod
     def notification_created(
         self, notification_id: str, user_id: str, kind: str, data: dict[str, Any], at: int
     ) -> None:
-        """A notification created at `at` (epoch ms); the writer decides when it expires."""
+        """A notification created at `at` (epoch ms); the writer decides when it expires. Those of one
+        `at` (one batch) are listed in the order of their causing events, by `self.position`."""
 
 
 class NotificationsProjection(Projection[NotificationsWriter]):

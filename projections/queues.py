@@ -7,10 +7,10 @@ from functools import singledispatchmethod
 from uuid import UUID
 
 from domain.queue import CANCELLED, COMPLETED, LEFT, NO_SHOW, OPEN, PAUSED, Queue
-from projections.base import Projection
+from projections.base import Projection, Writer
 
 
-class QueuesWriter(ABC):
+class QueuesWriter(Writer, ABC):
     """Intent-named changes of the queues read model; an adapter applies them in one transaction."""
 
     @abstractmethod

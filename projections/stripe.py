@@ -6,10 +6,10 @@ from abc import ABC, abstractmethod
 from functools import singledispatchmethod
 
 from domain.stripe import FAILED, SUCCEEDED, Payment, StripeAccount
-from projections.base import Projection
+from projections.base import Projection, Writer
 
 
-class StripeWriter(ABC):
+class StripeWriter(Writer, ABC):
     @abstractmethod
     def account_registered(self, account_id: str) -> None: ...
 

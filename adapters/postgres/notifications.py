@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 TABLES = ("notifications",)
 
+# `position` is the log position of the event that caused the row: rows of one batch share
+# `created_at`, and `(created_at, position)` lists them in the order their events happened.
+# Tables created before it existed get the column (0 until `lineup rebuild notifications`); the
+# ALTER runs only when it is missing, since even ADD COLUMN IF NOT EXISTS takes an ACCESS EXCLUSIVE
+# lock, and this runs at every start.
 DDL = """
 CREATE TABLE IF NOT EXISTS notifications (
     notification_id text PRIMARY KEY,
@@ -23,9 +28,18 @@ CREATE TABLE IF NOT EXISTS notifications (
     type text NOT NULL,
     data jsonb NOT NULL,
     created_at bigint NOT NULL,
-    expires_at bigint NOT NULL
+    expires_at bigint NOT NULL,
+    position bigint NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS notifications_user ON notifications (user_id, created_at, notification_id);
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'notifications' AND column_name = 'position') THEN
+        ALTER TABLE notifications ADD COLUMN IF NOT EXISTS position bigint NOT NULL DEFAULT 0;
+    END IF;
+END $$;
+DROP INDEX IF EXISTS notifications_user;
+CREATE INDEX IF NOT EXISTS notifications_user_order
+    ON notifications (user_id, created_at, position, notification_id);
 CREATE INDEX IF NOT EXISTS notifications_expiry ON notifications (expires_at);
 """
 
@@ -35,14 +49,16 @@ ROW = """jsonb_build_object('notification_id', n.notification_id, 'user_id', n.u
 
 PUBLISH = changes.publish(
     f"""SELECT 'notifications.user'::text AS query, n.user_id AS args, n.notification_id AS key,
-        'upsert'::text AS op, {ROW} AS row, row_number() OVER (ORDER BY n.created_at, n.notification_id) AS ord
+        'upsert'::text AS op, {ROW} AS row,
+        row_number() OVER (ORDER BY n.created_at, n.position, n.notification_id) AS ord
     FROM notifications n WHERE n.notification_id = ANY(%(ids)s)"""  # noqa: S608 - constants
 )
 
-# Unexpired rows of one user created at or after `since`, oldest first (HTTP and /ws snapshots).
+# Unexpired rows of one user created at or after `since`, oldest first, those of one time in log order
+# (HTTP and /ws snapshots).
 FOR_USER = f"""SELECT n.notification_id AS key, {ROW} AS row FROM notifications n
     WHERE n.user_id = %(arg)s AND n.created_at >= %(since)s AND n.expires_at > %(now)s
-    ORDER BY n.created_at, n.notification_id"""  # noqa: S608 - constants
+    ORDER BY n.created_at, n.position, n.notification_id"""  # noqa: S608 - constants
 
 EXPIRE = changes.publish(
     """SELECT 'notifications.user'::text AS query, d.user_id AS args, d.notification_id AS key,
@@ -67,9 +83,9 @@ class PostgresNotificationsWriter(NotificationsWriter):
         self, notification_id: str, user_id: str, kind: str, data: dict[str, Any], at: int
     ) -> None:
         self.cursor.execute(
-            "INSERT INTO notifications (notification_id, user_id, type, data, created_at, expires_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (notification_id) DO NOTHING",
-            (notification_id, user_id, kind, Jsonb(data), at, at + self.ttl_ms),
+            "INSERT INTO notifications (notification_id, user_id, type, data, created_at, expires_at, position)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (notification_id) DO NOTHING",
+            (notification_id, user_id, kind, Jsonb(data), at, at + self.ttl_ms, self.position),
         )
         self._created.append(notification_id)
 

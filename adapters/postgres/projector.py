@@ -143,7 +143,8 @@ class ProjectionRunner(Generic[W]):
                 with conn.pipeline():
                     writer = self.writer(cursor)
                     for notification in notifications:
-                        self.projection.process(self.app.mapper.to_domain_event(notification), writer)
+                        event = self.app.mapper.to_domain_event(notification)
+                        self.projection.process_at(notification.id, event, writer)
                     writer.flush()
                 self.tracking._insert_tracking(cursor, Tracking(self.projection.name, last))
         except IntegrityError:

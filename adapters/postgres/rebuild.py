@@ -205,6 +205,7 @@ class Rebuild:
             for m, writer in writers:
                 if m.position < notification.id <= targets[m.model.name] and notification.topic in m.topics:
                     event = event or self.app.mapper.to_domain_event(notification)
+                    writer.position = notification.id  # as Projection.process_at does
                     m.handler(type(event))(m.model.projection, event, writer)
         for _m, writer in writers:
             writer.flush()

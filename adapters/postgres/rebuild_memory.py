@@ -32,7 +32,7 @@ SUMMARY_COLUMNS = (
 ENTRY_ALL = (
     "entry_id", "queue_id", "event_id", "user_id", "seq", "status", "reason", "joined_at", "called_at", "finished_at"
 )  # fmt: skip
-NOTIFICATION_COLUMNS = ("notification_id", "user_id", "type", "data", "created_at", "expires_at")
+NOTIFICATION_COLUMNS = ("notification_id", "user_id", "type", "data", "created_at", "expires_at", "position")
 S = {name: i for i, name in enumerate(SUMMARY_COLUMNS)}
 E = {name: i for i, name in enumerate(ENTRY_ALL)}
 
@@ -152,7 +152,8 @@ class MemoryNotificationsWriter(NotificationsWriter):
         self, notification_id: str, user_id: str, kind: str, data: dict[str, Any], at: int
     ) -> None:
         if notification_id not in self.rows:
-            self.rows[notification_id] = (notification_id, user_id, kind, Jsonb(data), at, at + self.ttl_ms)
+            row = (notification_id, user_id, kind, Jsonb(data), at, at + self.ttl_ms, self.position)
+            self.rows[notification_id] = row
 
     def flush(self) -> None:
         """Nothing waits."""

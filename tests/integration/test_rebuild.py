@@ -54,3 +54,17 @@ def test_twins_then_writers_rebuild_what_the_live_projectors_built(
     assert [(d.table, d.kind, d.live and d.live["waiting"]) for d in tampered.differences] == [
         ("queue_summary", "different", tampered.differences[0].rebuilt["waiting"] + 1)  # type: ignore[index]
     ]
+
+    # a notification's position (its causing event's log position, which orders ties): compared and repaired
+    with container.pool.connection() as conn:
+        conn.execute("UPDATE notifications SET position = position + 1 WHERE user_id = 'user3'")
+    tampered = rebuild(container, settings, batch_size=40).run(apply=False)
+    assert sorted((d.table, d.kind) for d in tampered.differences) == [
+        ("notifications", "different"),
+        ("queue_summary", "different"),
+    ]
+    (note,) = [d for d in tampered.differences if d.table == "notifications"]
+    assert note.rebuilt is not None
+    assert note.live == {**note.rebuilt, "position": note.rebuilt["position"] + 1}
+    assert rebuild(container, settings, batch_size=40).run(apply=True).switched
+    assert rebuild(container, settings, batch_size=40).run(apply=False).differences == []

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
 ELECTION_INTERVAL = 1.0
+IDLE_WAIT = 0.2  # seconds an idle round waits for a wake-up: a deferred entry-row publication is at most this late
 PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
 
 # Once per round, one statement: the tracking rows of runners that moved on in memory (never
@@ -229,7 +230,7 @@ class ProjectorThread:
                 self._stop.wait(1.0)
                 continue
             if not busy:
-                self._wake.wait(0.5)
+                self._wake.wait(IDLE_WAIT)
 
     def _checkpoint(self) -> None:
         """One statement per round: the tracking rows of runners that moved on in memory, and one

@@ -7,12 +7,14 @@ rows, compares them with the rows it last published (`live_rows`), and appends o
 differences to the change feed, with `live_rows` and the dirty mark updated in the same
 transaction. Each publication rewrites all of a queue's waiting rows (every estimated time moves
 with the queue's latest event), so a queue is published at most once per
-max(`MIN_SPACING`, waiting / `ROWS_PER_SECOND`) seconds: the first change after a quiet spell goes
-out at once, a busy queue's changes are coalesced into at most five publications a second, and a
-long queue's cost per second stays bounded however long it grows (measured: publishing a 25k-entry
-queue every second cut joins/s in half; republishing ten busy queues of a few hundred entries after
-every projection round tripled the commit -> socket latency of everything else,
-docs/benchmarks.md). Its subscribers see it move at that rate.
+max(`MIN_SPACING`, W / `ROWS_PER_SECOND`) seconds, W being the waiting entries of all the queues
+with changes to publish: the first change after a quiet spell goes out at once, a busy queue's
+changes are coalesced into at most five publications a second, and the rows written per second
+stay within one budget however long and however many the queues are (measured: publishing a
+25k-entry queue every second cut joins/s in half; republishing ten busy queues of a few hundred
+entries after every projection round tripled the commit -> socket latency of everything else, and
+a per-queue budget still let ten growing queues flood the feed, docs/benchmarks.md). Subscribers
+see a queue move at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.
 """
 
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 MIN_SPACING = 0.2  # seconds between two publications of one queue, at least
-ROWS_PER_SECOND = 2000  # per queue: a queue of 400+ waiting is spaced by its length
-MAX_SPACING = 3600.0  # 7.2 million waiting; a publication this old no longer delays the next one
+ROWS_PER_SECOND = 4000  # waiting rows republished per second, all queues together
+MAX_SPACING = 3600.0  # a publication this old no longer delays the next one
 FORGET_AFTER_QUEUES = 10_000  # publication times kept before the stale ones are dropped
 
 DDL = """
@@ -110,9 +112,9 @@ class LiveRowsPublisher:
                 "SELECT d.queue_id, s.waiting FROM live_dirty d JOIN queue_summary s ON s.queue_id = d.queue_id"
             ).fetchall()
         now, total = time.monotonic(), 0
+        spacing = min(MAX_SPACING, max(MIN_SPACING, sum(row["waiting"] for row in dirty) / ROWS_PER_SECOND))
         for row in dirty:
             queue_id = row["queue_id"]
-            spacing = min(MAX_SPACING, max(MIN_SPACING, row["waiting"] / ROWS_PER_SECOND))
             if now - self._published_at.get(queue_id, float("-inf")) < spacing:
                 continue  # stays dirty: a later round publishes it
             total += self.publish(queue_id)

@@ -214,19 +214,25 @@ class Rebuild:
         deadline = time.monotonic() + SWITCH_WAIT
         while True:
             outcome = None
-            with conn.transaction():
-                free = apply and self._projector_free(conn)  # verify compares at the live position
-                self._lock_live(conn)
-                targets = self._targets(conn, free=free)
-                if all(m.position <= targets[m.model.name] for m in self.models):
-                    while any(m.position < targets[m.model.name] for m in self.models):
-                        self._advance(conn, targets)
-                    self.progress(SWITCHING, max(targets.values()), max(targets.values()))
-                    counts, found = self._compare(conn, rows=not apply)
-                    outcome = Outcome(targets, counts, found, switched=apply)
-                    if not apply:
-                        raise psycopg.Rollback  # verify changes nothing
-                    self._apply(conn, targets, free=free)
+            try:
+                with conn.transaction():
+                    free = apply and self._projector_free(conn)  # verify compares at the live position
+                    self._lock_live(conn)
+                    targets = self._targets(conn, free=free)
+                    if all(m.position <= targets[m.model.name] for m in self.models):
+                        while any(m.position < targets[m.model.name] for m in self.models):
+                            self._advance(conn, targets)
+                        self.progress(SWITCHING, max(targets.values()), max(targets.values()))
+                        counts, found = self._compare(conn, rows=not apply)
+                        outcome = Outcome(targets, counts, found, switched=apply)
+                        if not apply:
+                            raise psycopg.Rollback  # verify changes nothing
+                        self._apply(conn, targets, free=free)
+            except psycopg.errors.DeadlockDetected:
+                # The live projector took its tables in another order (a join writes queue_entries
+                # before queue_summary; the lock above takes queue_summary first) and PostgreSQL
+                # rolled this transaction back: nothing changed, so try again.
+                outcome = None
             if outcome is not None:
                 return outcome
             if time.monotonic() > deadline:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -134,6 +135,16 @@ async def open_long_queue(http: httpx.AsyncClient, server: LineupServer, event_i
             await join(http, server, event_id, f"early-{n}")
 
     await asyncio.gather(*(prefill(n) for n in range(PREFILL)))
+    # Snapshots of queue.event read what the change feed has published, which follows the read model
+    # within one publication interval (adapters/postgres/live_rows.py): wait until it holds them all.
+    settings = server.settings
+    options = f"-c search_path={settings.database_schema}"
+    deadline = time.monotonic() + TIMEOUT
+    with psycopg.connect(str(settings.database_url), autocommit=True, options=options) as conn:
+        count = "SELECT count(*) FROM live_rows WHERE query = 'queue.event' AND args = %s"
+        while (row := conn.execute(count, (event_id,)).fetchone()) is None or row[0] < PREFILL:
+            assert time.monotonic() < deadline, f"{row} of {PREFILL} rows published"
+            await asyncio.sleep(0.05)
 
 
 async def read_until_reset(ws: ClientConnection, view: dict[str, Any]) -> tuple[dict[str, Any], int]:

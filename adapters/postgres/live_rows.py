@@ -5,16 +5,12 @@ rows of a long queue cannot all be rewritten in every projection transaction. Th
 a queue dirty in its transaction (`live_dirty`); this publisher then computes the queue's current
 rows, compares them with the rows it last published (`live_rows`), and appends only the
 differences to the change feed, with `live_rows` and the dirty mark updated in the same
-transaction. Each publication rewrites all of a queue's waiting rows (every estimated time moves
-with the queue's latest event), so a queue is published at most once per
-max(`MIN_SPACING`, W / `ROWS_PER_SECOND`) seconds, W being the waiting entries of all the queues
-with changes to publish: the first change after a quiet spell goes out at once, a busy queue's
-changes are coalesced into at most five publications a second, and the rows written per second
-stay within one budget however long and however many the queues are (measured: publishing a
-25k-entry queue every second cut joins/s in half; republishing ten busy queues of a few hundred
-entries after every projection round tripled the commit -> socket latency of everything else, and
-a per-queue budget still let ten growing queues flood the feed, docs/benchmarks.md). Subscribers
-see a queue move at that rate.
+transaction. A queue with fewer than `IMMEDIATE` waiting entries is published right after each
+projection batch. A longer one is published at most once per max(`INTERVAL`, waiting /
+`ROWS_PER_SECOND`) seconds: every publication rewrites all of its rows (each estimated time moves
+with the queue's latest event), so spacing them by the queue's length keeps the cost per second
+bounded however long the queue grows (measured: publishing a 25k-entry queue every second cut
+joins/s in half). Its subscribers see it move at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.
 """
 
@@ -31,10 +27,9 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-MIN_SPACING = 0.2  # seconds between two publications of one queue, at least
-ROWS_PER_SECOND = 4000  # waiting rows republished per second, all queues together
-MAX_SPACING = 3600.0  # a publication this old no longer delays the next one
-FORGET_AFTER_QUEUES = 10_000  # publication times kept before the stale ones are dropped
+IMMEDIATE = 500
+INTERVAL = 1.0
+ROWS_PER_SECOND = 2000
 
 DDL = """
 CREATE TABLE IF NOT EXISTS live_rows (
@@ -112,15 +107,13 @@ class LiveRowsPublisher:
                 "SELECT d.queue_id, s.waiting FROM live_dirty d JOIN queue_summary s ON s.queue_id = d.queue_id"
             ).fetchall()
         now, total = time.monotonic(), 0
-        spacing = min(MAX_SPACING, max(MIN_SPACING, sum(row["waiting"] for row in dirty) / ROWS_PER_SECOND))
         for row in dirty:
             queue_id = row["queue_id"]
-            if now - self._published_at.get(queue_id, float("-inf")) < spacing:
-                continue  # stays dirty: a later round publishes it
+            spacing = max(INTERVAL, row["waiting"] / ROWS_PER_SECOND)
+            if row["waiting"] >= IMMEDIATE and now - self._published_at.get(queue_id, 0.0) < spacing:
+                continue
             total += self.publish(queue_id)
             self._published_at[queue_id] = now
-        if len(self._published_at) > FORGET_AFTER_QUEUES:  # queues long quiet are due anyway
-            self._published_at = {q: at for q, at in self._published_at.items() if now - at < MAX_SPACING}
         return total
 
     def publish(self, queue_id: UUID) -> int:

@@ -139,14 +139,13 @@ def test_the_queues_projection_puts_each_touched_summary_on_the_feed(container: 
     }
 
 
-def test_entry_rows_are_published_as_diffs_and_spaced_by_queue_length(
+def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
     container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from adapters.postgres import live_rows
     from domain.commands import Caller, CallNext, JoinQueue, OpenQueue
 
     owner = Caller("owner")
-    monkeypatch.setattr(live_rows, "MIN_SPACING", 0.0)  # publish whenever dirty, for the first part
     publisher = live_rows.LiveRowsPublisher(container.pool)
     feed = changes.ChangeFeed(container.pool)
     container.queues.execute([OpenQueue("q", owner, "Q")], 1_000)
@@ -175,15 +174,13 @@ def test_entry_rows_are_published_as_diffs_and_spaced_by_queue_length(
         e.estimated_time for e in listed if e.status == "waiting"
     ]
 
-    monkeypatch.setattr(live_rows, "MIN_SPACING", 60.0)
+    monkeypatch.setattr(live_rows, "IMMEDIATE", 2)  # make this a "long" queue
+    monkeypatch.setattr(live_rows, "INTERVAL", 60.0)
     container.queues.execute([JoinQueue("q", Caller("d"), "entry-d")], 4_000)
     container.runners[0].catch_up()
-    assert publisher.publish_due() == 0  # published less than MIN_SPACING ago: wait
-    monkeypatch.setattr(live_rows, "MIN_SPACING", 0.0)
-    monkeypatch.setattr(live_rows, "ROWS_PER_SECOND", 1)  # three waiting: three seconds apart
-    assert publisher.publish_due() == 0  # spaced by the waiting rows it would rewrite
-    monkeypatch.setattr(live_rows, "ROWS_PER_SECOND", 4000)
-    assert publisher.publish_due() > 0  # due now: the dirty mark was kept
+    assert publisher.publish_due() == 0  # published less than INTERVAL ago: wait
+    monkeypatch.setattr(live_rows, "INTERVAL", 0.0)
+    assert publisher.publish_due() > 0  # due now: the waiting mark was kept
 
 
 def test_the_clean_up_trims_changes_older_than_what_is_kept(container: Container) -> None:

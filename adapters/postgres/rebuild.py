@@ -214,6 +214,7 @@ class Rebuild:
         deadline = time.monotonic() + SWITCH_WAIT
         while True:
             outcome = None
+            positions = [m.position for m in self.models]  # the scratch tables' state, restored on a rollback
             try:
                 with conn.transaction():
                     free = apply and self._projector_free(conn)  # verify compares at the live position
@@ -231,7 +232,10 @@ class Rebuild:
             except psycopg.errors.DeadlockDetected:
                 # The live projector took its tables in another order (a join writes queue_entries
                 # before queue_summary; the lock above takes queue_summary first) and PostgreSQL
-                # rolled this transaction back: nothing changed, so try again.
+                # rolled this transaction back, the scratch batches of this attempt included: nothing
+                # changed, so try again from where the scratch tables are.
+                for m, position in zip(self.models, positions, strict=True):
+                    m.position = position
                 outcome = None
             if outcome is not None:
                 return outcome

@@ -6,7 +6,6 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -16,15 +15,7 @@ from psycopg.rows import dict_row
 from adapters.postgres import changes
 from adapters.postgres.cleanup import Cleanup
 from adapters.postgres.database import Database
-from entrypoints.bootstrap import Container, build
-from entrypoints.settings import Settings
-
-
-@pytest.fixture
-def container(settings: Settings) -> Iterator[Container]:
-    built = build(settings, projectors=False)
-    yield built
-    built.close()
+from entrypoints.bootstrap import Container
 
 
 def connect(container: Container) -> psycopg.Connection[Any]:

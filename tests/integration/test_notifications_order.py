@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from adapters.postgres import notifications
 from adapters.postgres.database import Database
@@ -19,13 +16,6 @@ from entrypoints.bootstrap import Container, build, stripe_processor
 from entrypoints.settings import Settings
 
 USER = "fan"
-
-
-@pytest.fixture
-def container(settings: Settings) -> Iterator[Container]:
-    built = build(settings, projectors=False)
-    yield built
-    built.close()
 
 
 def project(container: Container) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -28,18 +27,10 @@ from domain.commands import (
     ResumeQueue,
 )
 from domain.queue import EntryView, queue_id_for
-from entrypoints.bootstrap import TRACKING_TABLE, Container, build, tracking_recorder
-from entrypoints.settings import Settings
+from entrypoints.bootstrap import TRACKING_TABLE, Container, tracking_recorder
 from projections.queues import QueuesProjection
 
 OWNER = Caller("owner")
-
-
-@pytest.fixture
-def container(settings: Settings) -> Iterator[Container]:
-    built = build(settings, projectors=False)
-    yield built
-    built.close()
 
 
 def dump(container: Container) -> bytes:

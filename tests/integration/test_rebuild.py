@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from adapters.postgres.rebuild import Rebuild
 from adapters.postgres.rebuild_memory import memory_writers
 from domain.commands import Caller, SendNotification
-from entrypoints.bootstrap import TRACKING_TABLE, Container, build
+from entrypoints.bootstrap import TRACKING_TABLE, Container
 from entrypoints.read_models import read_models
 from entrypoints.settings import Settings
 from tests.integration.test_queues_projection import random_history
-
-
-@pytest.fixture
-def container(settings: Settings) -> Iterator[Container]:
-    built = build(settings, projectors=False)
-    yield built
-    built.close()
 
 
 def rebuild(container: Container, settings: Settings, *, batch_size: int) -> Rebuild:

@@ -5,27 +5,17 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from adapters.postgres.cleanup import Cleanup
 from adapters.processor import EventProcessor
 from domain.commands import Caller, OpenQueue, RecordStripeEvent
 from domain.queue import Queue, queue_id_for
 from domain.stripe import PAYMENT_FAILED, PAYMENT_SUCCEEDED, Payment, StripeEnvelope, payment_id_for
-from entrypoints.bootstrap import STRIPE_PROCESS, Container, build, stripe_processor
+from entrypoints.bootstrap import STRIPE_PROCESS, Container, stripe_processor
 from entrypoints.settings import Settings
 
 USERS = [f"fan{i}" for i in range(40)]
-
-
-@pytest.fixture
-def container(settings: Settings) -> Iterator[Container]:
-    built = build(settings, projectors=False)
-    yield built
-    built.close()
 
 
 def payment(stripe_id: str, user: str, *, succeeded: bool, created: int) -> dict[str, Any]:

@@ -34,19 +34,35 @@ ELECTION_INTERVAL = 1.0
 IDLE_WAIT = 0.2  # seconds an idle round waits for a wake-up: a deferred entry-row publication is at most this late
 PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
 
-# Once per round, one statement: the tracking rows of runners that moved on in memory (never
-# backwards: whoever recorded more wins), and the position every projection and the feed have
-# reached, for the waiters of every process.
-CHECKPOINT = SQL("""
+RECORD_POSITIONS = SQL("""
 WITH moved AS (
     INSERT INTO {tracking} AS t (application_name, notification_id)
     SELECT * FROM unnest(%(names)s::text[], %(positions)s::bigint[])
     ON CONFLICT (application_name) DO UPDATE SET notification_id = excluded.notification_id
-    WHERE t.notification_id < excluded.notification_id
-    RETURNING 1)
-SELECT (SELECT count(*) FROM moved),
-    CASE WHEN %(payload)s::text IS NOT NULL THEN pg_notify(%(channel)s, %(payload)s) END
+    WHERE t.notification_id < excluded.notification_id)
+SELECT CASE WHEN %(payload)s::text IS NOT NULL THEN pg_notify(%(channel)s, %(payload)s) END
 """)
+
+
+def record_positions(
+    executor: psycopg.Connection[Any] | psycopg.Cursor[Any],
+    tracking: Identifier,
+    positions: dict[str, int],
+    payload: str | None,
+) -> None:
+    """Tracking rows moved to `positions` (never backwards: whoever recorded more wins) and, when
+    given, `payload` on the progress channel, in one statement (the projector's checkpoint, and
+    `lineup rebuild` moving the live tracking to what it rebuilt)."""
+    executor.execute(
+        RECORD_POSITIONS.format(tracking=tracking),
+        {
+            "names": list(positions),
+            "positions": list(positions.values()),
+            "channel": PROGRESS_CHANNEL,
+            "payload": payload,
+        },
+        prepare=True,
+    )
 
 
 def checkpoint(
@@ -55,15 +71,9 @@ def checkpoint(
     runners: Sequence[ProjectionRunner[Any]],
     payload: str | None,
 ) -> None:
-    """Record the in-memory positions of `runners` and send `payload` on the progress channel, in one statement."""
+    """Record the in-memory positions of `runners` and send `payload` on the progress channel."""
     table = Identifier(tracking.datastore.schema, tracking.tracking_table_name)
-    names = [runner.projection.name for runner in runners]
-    positions = [runner.position for runner in runners]
-    conn.execute(
-        CHECKPOINT.format(tracking=table),
-        {"names": names, "positions": positions, "channel": PROGRESS_CHANNEL, "payload": payload},
-        prepare=True,
-    )
+    record_positions(conn, table, {runner.projection.name: runner.position for runner in runners}, payload)
     for runner in runners:
         runner.dirty = False
 

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from eventsourcing.utils import get_topic
+from psycopg.sql import Identifier
 
 from adapters.postgres import changes, rebuild_diff, rebuild_scratch
-from adapters.postgres.projector import PROGRESS_CHANNEL
+from adapters.postgres.projector import record_positions
 from adapters.postgres.rebuild_tables import TABLES, Model
 
 if TYPE_CHECKING:
@@ -287,13 +288,6 @@ class Rebuild:
                     self._track(cursor, m.model.name, targets[m.model.name])
 
     def _track(self, cursor: psycopg.Cursor[Any], name: str, position: int) -> None:
-        if not position:
-            return
-        cursor.execute(
-            f'INSERT INTO "{self.database.schema}".{self.tracking_table} (application_name, notification_id)'  # noqa: S608
-            " VALUES (%(name)s, %(position)s) ON CONFLICT (application_name) DO UPDATE"
-            " SET notification_id = excluded.notification_id"
-            f" WHERE {self.tracking_table}.notification_id < excluded.notification_id",
-            {"name": name, "position": position},
-        )
-        cursor.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, f"{name}:{position}"))
+        if position:
+            table = Identifier(self.database.schema, self.tracking_table)
+            record_positions(cursor, table, {name: position}, f"{name}:{position}")

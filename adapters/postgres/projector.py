@@ -290,9 +290,9 @@ class ProjectorThread:
             for notify in conn.notifies(timeout=0.5):
                 if notify.channel == PROGRESS_CHANNEL:
                     name, _, at = notify.payload.partition(":")
-                    # "published" is at or below every projection's position: it moves them all
-                    for each in [runner.projection.name for runner in self.runners] if name == PUBLISHED else []:
-                        self.progress.advance(each, int(at))
+                    if name == PUBLISHED:  # at or below every projection's position: it moves them all
+                        for runner in self.runners:
+                            self.progress.advance(runner.projection.name, int(at))
                     self.progress.advance(name, int(at))
                 else:
                     self._wake.set()

@@ -5,9 +5,9 @@ rows of a long queue cannot all be rewritten in every projection transaction. Th
 a queue dirty in its transaction (`live_dirty`); this publisher then computes the queue's current
 rows, compares them with the rows it last published (`live_rows`), and appends only the
 differences to the change feed, with `live_rows` and the dirty mark updated in the same
-transaction. A queue with fewer than `IMMEDIATE` waiting entries is published right after each
-projection batch. A longer one is published at most once per max(`INTERVAL`, waiting /
-`ROWS_PER_SECOND`) seconds: every publication rewrites all of its rows (each estimated time moves
+transaction. A queue with fewer than `IMMEDIATE` waiting entries is published at the publisher's
+next pass (its own thread in the projecting process, woken by each projection round). A longer
+one is published at most once per max(`INTERVAL`, waiting / `ROWS_PER_SECOND`) seconds: every publication rewrites all of its rows (each estimated time moves
 with the queue's latest event), so spacing them by the queue's length keeps the cost per second
 bounded however long the queue grows (measured: publishing a 25k-entry queue every second cut
 joins/s in half). Its subscribers see it move at that rate.
@@ -42,14 +42,33 @@ CREATE TABLE IF NOT EXISTS live_rows (
     PRIMARY KEY (query, args, key)
 );
 CREATE INDEX IF NOT EXISTS live_rows_queue ON live_rows (queue_id);
-CREATE TABLE IF NOT EXISTS live_dirty (queue_id uuid PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS live_dirty (queue_id uuid NOT NULL);
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'live_dirty_pkey'
+               AND conrelid = to_regclass(quote_ident(current_schema()) || '.live_dirty')) THEN
+        ALTER TABLE live_dirty DROP CONSTRAINT live_dirty_pkey;
+    END IF;
+END $$;
+CREATE INDEX IF NOT EXISTS live_dirty_queue ON live_dirty (queue_id);
 """
 
-MARK_DIRTY = "INSERT INTO live_dirty (queue_id) SELECT unnest(%s::uuid[]) ON CONFLICT DO NOTHING"
+# A mark is a row per (projection batch, queue), only ever inserted by the projector and deleted by
+# the publication that covers it. No unique key on purpose: a batch marking a queue that is being
+# published must not wait for that publication (with one row per queue it waited on the row lock
+# of the publisher's DELETE, i.e. for the whole publication, and so did that queue's summary frame).
+MARK_DIRTY = "INSERT INTO live_dirty (queue_id) SELECT unnest(%s::uuid[])"
+
+# Publications of entry rows are serialized database-wide, and with `lineup rebuild`'s switch
+# (which takes the same lock): two publications of one queue computed from different snapshots
+# could otherwise commit in the wrong order and leave an older state on the feed and in live_rows.
+# It is the first lock of the transaction, so it is never waited for while holding the feed head.
+LOCK = "LOCK TABLE live_rows IN SHARE ROW EXCLUSIVE MODE"
 
 # One statement does the whole publication inside PostgreSQL (no row crosses into Python):
 # the queue's rows now, the difference from live_rows, the change-feed rows numbered after the
-# moved head, and live_rows brought up to date. The estimated time is domain.queue.estimated_time
+# moved head, live_rows brought up to date, and the queue's dirty marks cleared: exactly those this
+# statement's snapshot sees, i.e. covered by the rows it computed (a mark committed later stays, for
+# the next publication). The estimated time is domain.queue.estimated_time
 # (latest event + position * average); tests compare these rows with the HTTP answers.
 PUBLISH = """
 WITH q AS (SELECT queue_id, last_event_at, average_ms FROM queue_summary WHERE queue_id = %(q)s),
@@ -88,13 +107,14 @@ removed AS (
 upserted AS (
     INSERT INTO live_rows (query, args, key, queue_id, ord, row)
     SELECT query, args, key, %(q)s, ord, row FROM diff WHERE op = 'upsert'
-    ON CONFLICT (query, args, key) DO UPDATE SET ord = excluded.ord, row = excluded.row)
+    ON CONFLICT (query, args, key) DO UPDATE SET ord = excluded.ord, row = excluded.row),
+cleared AS (DELETE FROM live_dirty WHERE queue_id = %(q)s)
 SELECT n FROM counted
 """
 
 
 class LiveRowsPublisher:
-    """Runs in the projecting process, after each round of projection batches."""
+    """Runs on the projecting process's publisher thread (`ProjectorThread._publish`), beside the rounds."""
 
     def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
         self.pool = pool
@@ -104,7 +124,8 @@ class LiveRowsPublisher:
         """Publish every dirty queue that is due; returns how many changes went on the feed."""
         with self.pool.connection() as conn:
             dirty = conn.execute(
-                "SELECT d.queue_id, s.waiting FROM live_dirty d JOIN queue_summary s ON s.queue_id = d.queue_id"
+                "SELECT d.queue_id, s.waiting FROM (SELECT DISTINCT queue_id FROM live_dirty) d"
+                " JOIN queue_summary s ON s.queue_id = d.queue_id ORDER BY d.queue_id"
             ).fetchall()
         now, total = time.monotonic(), 0
         for row in dirty:
@@ -118,8 +139,7 @@ class LiveRowsPublisher:
 
     def publish(self, queue_id: UUID) -> int:
         with self.pool.connection() as conn, conn.transaction():
-            if not conn.execute("DELETE FROM live_dirty WHERE queue_id = %s RETURNING 1", (queue_id,)).fetchone():
-                return 0  # published meanwhile (a previous leader, or a concurrent call)
+            conn.execute(LOCK)
             row = conn.execute(PUBLISH, {"q": queue_id}).fetchone()
             count = int(row["n"]) if row else 0
             if count:

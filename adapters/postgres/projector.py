@@ -202,15 +202,17 @@ class ProjectorThread:
     ) -> None:
         self.database, self.channel, self.runners, self.progress = database, channel, runners, progress
         self.processors = list(processors)  # first in each round: what they write is projected in the same round
-        self.publishers = publishers or []  # after each round: derived rows onto the change feed
+        self.publishers = publishers or []  # on their own thread: derived rows onto the change feed
         self._published = min((runner.position for runner in runners), default=0)
         progress.register(PUBLISHED, self._published)  # reads wait for publishing too
         self.leader = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._projected = threading.Event()  # a round moved the projections: the publishers have work
         self._threads = [
             threading.Thread(target=self._listen, name="lineup-listen", daemon=True),
             threading.Thread(target=self._project, name="lineup-projector", daemon=True),
+            threading.Thread(target=self._publish, name="lineup-publisher", daemon=True),
         ]
 
     def start(self) -> None:
@@ -220,10 +222,14 @@ class ProjectorThread:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._projected.set()
         for thread in self._threads:
             thread.join(timeout=10)
 
     def _project(self) -> None:
+        """Rounds of processors and projection batches. Publishing derived rows (queue entry rows,
+        the clean-up) runs on its own thread (`_publish`): a round, and with it the summary frame of
+        a command, never waits behind a publication of a long queue's rows."""
         while not self._stop.is_set():
             self._wake.clear()
             if not self.leader.is_set():
@@ -233,29 +239,46 @@ class ProjectorThread:
                 busy = sum(process() for process in self.processors)
                 head = (self.runners[0].app.recorder.max_notification_id() or 0) if self.runners else 0
                 busy += sum(runner.run_once(head) for runner in self.runners)
-                busy += sum(publish() for publish in self.publishers)
                 self._checkpoint()
             except Exception:
                 log.exception("projection batch failed; retrying in 1 s")
                 self._stop.wait(1.0)
                 continue
-            if not busy:
+            if busy:
+                self._projected.set()
+            else:
                 self._wake.wait(IDLE_WAIT)
 
     def _checkpoint(self) -> None:
-        """One statement per round: the tracking rows of runners that moved on in memory, and one
-        notification telling every process how far all projections and the feed are: waiters
-        (read-your-writes) in any process wait for that, the lowest of all positions."""
+        """One statement per round: the tracking rows of runners that moved on in memory."""
         dirty = [runner for runner in self.runners if runner.dirty]
-        position = min((runner.position for runner in self.runners), default=0)
-        moved = position > self._published
-        if not dirty and not moved:
-            return
-        with self.runners[0].pool.connection() as conn:
-            checkpoint(conn, self.runners[0].tracking, dirty, f"{PUBLISHED}:{position}" if moved else None)
-        if moved:
-            self._published = position
-            self.progress.advance(PUBLISHED, position)
+        if dirty:
+            with self.runners[0].pool.connection() as conn:
+                checkpoint(conn, self.runners[0].tracking, dirty, None)
+
+    def _publish(self) -> None:
+        """Publishers run after the rounds that moved the projections, then one notification tells
+        every process how far all projections and the feed are: waiters (read-your-writes) in any
+        process wait for that, the lowest of all positions as it was before the publishers ran."""
+        while not self._stop.is_set():
+            self._projected.clear()
+            if not self.leader.is_set():
+                self._projected.wait(0.5)
+                continue
+            position = min((runner.position for runner in self.runners), default=0)  # all committed
+            try:
+                busy = sum(publish() for publish in self.publishers)
+                if position > self._published:
+                    with self.runners[0].pool.connection() as conn:
+                        checkpoint(conn, self.runners[0].tracking, [], f"{PUBLISHED}:{position}")
+                    self._published = position
+                    self.progress.advance(PUBLISHED, position)
+            except Exception:
+                log.exception("publishing derived rows failed; retrying in 1 s")
+                self._stop.wait(1.0)
+                continue
+            if not busy:
+                self._projected.wait(IDLE_WAIT)
 
     def _listen(self) -> None:
         while not self._stop.is_set():

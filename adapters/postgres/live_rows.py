@@ -7,10 +7,11 @@ rows, compares them with the rows it last published (`live_rows`), and appends o
 differences to the change feed, with `live_rows` and the dirty mark updated in the same
 transaction. A queue with fewer than `IMMEDIATE` waiting entries is published at the publisher's
 next pass (its own thread in the projecting process, woken by each projection round). A longer
-one is published at most once per max(`INTERVAL`, waiting / `ROWS_PER_SECOND`) seconds: every publication rewrites all of its rows (each estimated time moves
-with the queue's latest event), so spacing them by the queue's length keeps the cost per second
-bounded however long the queue grows (measured: publishing a 25k-entry queue every second cut
-joins/s in half). Its subscribers see it move at that rate.
+one is published at most once per max(`INTERVAL`, waiting / `ROWS_PER_SECOND`) seconds: every
+publication rewrites all of its rows (each estimated time moves with the queue's latest event), so
+spacing them by the queue's length keeps the cost per second bounded however long the queue grows
+(measured: publishing a 25k-entry queue every second cut joins/s in half). Its subscribers see it
+move at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.
 """
 

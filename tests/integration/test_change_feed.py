@@ -15,7 +15,8 @@ from psycopg.rows import dict_row
 from adapters.postgres import changes
 from adapters.postgres.cleanup import Cleanup
 from adapters.postgres.database import Database
-from entrypoints.bootstrap import Container
+from entrypoints.bootstrap import Container, build
+from entrypoints.settings import Settings
 
 
 def connect(container: Container) -> psycopg.Connection[Any]:
@@ -172,6 +173,52 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
     assert publisher.publish_due() == 0  # published less than INTERVAL ago: wait
     monkeypatch.setattr(live_rows, "INTERVAL", 0.0)
     assert publisher.publish_due() > 0  # due now: the waiting mark was kept
+
+
+def test_marking_a_queue_never_waits_for_its_publication_and_a_later_mark_survives_it(
+    container: Container,
+) -> None:
+    """The projector's batch marks a queue while the publisher is publishing it: the mark goes in at
+    once (with one row per queue it waited for the whole publication), and since the publication's
+    snapshot did not see it, it stays for the next pass."""
+    from adapters.postgres import live_rows
+    from domain.commands import Caller, JoinQueue, OpenQueue
+
+    container.queues.execute([OpenQueue("q", Caller("owner"), "Q")], 1_000)
+    container.queues.execute([JoinQueue("q", Caller("a"), "entry-a")], 2_000)
+    container.runners[0].catch_up()
+    summary = container.reader.summary("q")
+    assert summary is not None
+    queue_id = summary["queue_id"]
+    with connect(container) as publishing, connect(container) as projecting:
+        publishing.execute(live_rows.LOCK)
+        assert publishing.execute(live_rows.PUBLISH, {"q": queue_id}).fetchone() == {"n": 2}
+        projecting.execute("SET lock_timeout = '2s'")
+        projecting.execute(live_rows.MARK_DIRTY, ([queue_id],))  # would time out if it had to wait
+        projecting.commit()
+        publishing.commit()
+    with connect(container) as conn:
+        marks = conn.execute("SELECT count(*) AS n FROM live_dirty WHERE queue_id = %s", (queue_id,)).fetchone()
+    assert marks == {"n": 1}
+    assert live_rows.LiveRowsPublisher(container.pool).publish_due() == 0  # nothing moved: an empty diff
+    with connect(container) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM live_dirty").fetchone() == {"n": 0}
+
+
+def test_a_live_dirty_table_with_one_row_per_queue_loses_its_key_at_start(settings: Settings, schema: str) -> None:
+    database = Database(str(settings.database_url), schema)
+    database.create_schema()
+    with database.connect() as conn:
+        conn.execute("CREATE TABLE live_dirty (queue_id uuid PRIMARY KEY)")
+        conn.execute("INSERT INTO live_dirty VALUES ('00000000-0000-0000-0000-000000000001')")
+    build(settings, projectors=False).close()  # the DDL runs at every start
+    with database.connect() as conn:
+        conn.execute("INSERT INTO live_dirty VALUES ('00000000-0000-0000-0000-000000000001')")  # a second mark
+        keys = conn.execute(
+            "SELECT count(*) AS n FROM pg_constraint WHERE conrelid = to_regclass(%s)", (f'"{schema}".live_dirty',)
+        ).fetchone()
+        marks = conn.execute("SELECT count(*) AS n FROM live_dirty").fetchone()
+    assert (keys, marks) == ({"n": 0}, {"n": 2})
 
 
 def test_the_clean_up_trims_changes_older_than_what_is_kept(container: Container) -> None:

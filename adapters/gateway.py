@@ -160,10 +160,11 @@ class Session:
     """One WebSocket connection: many subscriptions, frames in cursor order, one outbox."""
 
     def __init__(
-        self, socket: Socket, hub: Hub, reader: FeedReader, verify: Verify, settle: Callable[[], None]
+        self, socket: Socket, hub: Hub, reader: FeedReader, verify: Verify, settle: Callable[[bool], None]
     ) -> None:
         self.socket, self.hub, self.reader, self.verify = socket, hub, reader, verify
         self.settle = settle  # blocks until reads reflect every command acknowledged before the call
+        # (its argument: whether the query's rows are derived ones, published after the projection)
         self.outbox = Outbox()
         self.subscriptions: dict[str | int, Subscription] = {}
         self._since: dict[str | int, int] = {}  # notifications.user's option, per subscription id
@@ -308,7 +309,8 @@ class Session:
     # Snapshots and catch-up -------------------------------------------------------------------
 
     async def _start(self, subscription: Subscription, after: int | None) -> None:
-        await asyncio.to_thread(self.settle)  # a subscription sees the commands acknowledged before it
+        derived = LIVE_QUERIES[subscription.query].derived  # a subscription sees the commands acknowledged before it
+        await asyncio.to_thread(self.settle, derived)
         if not await self._allowed(subscription.query, subscription.args):  # (an owner is read after settling)
             if self.subscriptions.get(subscription.id) is subscription:
                 del self.subscriptions[subscription.id]

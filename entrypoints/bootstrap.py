@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,7 @@ class Container:
     stripe: StripeReader
     committer: GroupCommitter
     progress: Progress
+    published: Progress  # the derived (queue entry) rows' publication, which WebSocket snapshots of them read
     runners: list[ProjectionRunner[Any]]
     locks: QueueLocks
     hub: Hub
@@ -121,14 +123,20 @@ class Container:
     closers: list[Callable[[], None]] = field(default_factory=list)  # what the projector side opened
     _closed: bool = field(default=False, repr=False)
 
-    def caught_up(self) -> None:
+    def caught_up(self, *, derived: bool = False) -> None:
         """Read-your-writes for every client and process: before a read, wait (briefly) until the
         projections have processed the log up to its head as it is now, so a read reflects every
-        command acknowledged before it began. Commands never wait for projections."""
+        command acknowledged before it began; with `derived`, until the queue entry rows published
+        from them (`live_rows`, what snapshots of queue.event and queue.user read) have too.
+        Commands never wait for projections."""
         head = self.queues.recorder.max_notification_id()
-        if head:
-            with contextlib.suppress(TimeoutError):
-                self.progress.reached(head).result(timeout=READ_YOUR_WRITES_TIMEOUT)
+        if not head:
+            return
+        deadline = time.monotonic() + READ_YOUR_WRITES_TIMEOUT
+        with contextlib.suppress(TimeoutError):
+            self.progress.reached(head).result(timeout=READ_YOUR_WRITES_TIMEOUT)
+            if derived and self.projector is not None:
+                self.published.reached(head).result(timeout=max(0.0, deadline - time.monotonic()))
 
     def start(self) -> None:
         self.committer.start()
@@ -168,7 +176,7 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
     try:
         queues = migrate(settings, database)
         pool = database.pool(min_size=2, max_size=settings.pool_size, name="lineup-read")
-        progress = Progress()
+        progress, published = Progress(), Progress()
         locks = QueueLocks(database)
         tracking = tracking_recorder(queues)
         runners: list[ProjectionRunner[Any]] = [
@@ -186,6 +194,7 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
             stripe=StripeReader(pool),
             committer=committer(queues, locks),
             progress=progress,
+            published=published,
             runners=runners,
             locks=locks,
             hub=Hub(),
@@ -194,11 +203,15 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         )
         if projectors:
             channel = queues.recorder.channel_name  # type: ignore[attr-defined]
-            publisher = live_rows.LiveRowsPublisher(pool)
             container.processors = [stripe_processor(settings, database, container)]
-            publishers: list[Callable[[], int]] = [publisher.publish_due, Cleanup(pool)]
             container.projector = ProjectorThread(
-                database, channel, runners, progress, processors=container.processors, publishers=publishers
+                database,
+                channel,
+                runners,
+                progress,
+                published,
+                processors=container.processors,
+                publishers=[live_rows.LiveRowsPublisher(pool), Cleanup(pool)],
             )
     except BaseException:
         if embedded is not None:

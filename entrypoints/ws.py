@@ -44,4 +44,8 @@ async def live(socket: WebSocket[Any, Any, Any], container: Container) -> None:
         return Identity(caller.user_id, caller.is_service, expires_at)
 
     await socket.accept()
-    await Session(_Socket(socket), container.hub, container.feed_reader, verify, container.caught_up).run()
+
+    def settle(derived: bool) -> None:  # noqa: FBT001 - the gateway's callback
+        container.caught_up(derived=derived)
+
+    await Session(_Socket(socket), container.hub, container.feed_reader, verify, settle).run()

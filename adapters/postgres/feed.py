@@ -47,6 +47,7 @@ class LiveQuery:
     snapshot: str
     access: str  # ANYONE; SELF: the user named by the argument; OWNER: the queue's owner (services: all)
     options: tuple[str, ...] = ()
+    derived: bool = False  # rows published after the projection (live_rows): a snapshot waits for that too
 
 
 LIVE_QUERIES = {
@@ -59,11 +60,13 @@ LIVE_QUERIES = {
         "event_id",
         "SELECT key, row FROM live_rows WHERE query = 'queue.event' AND args = %(arg)s ORDER BY ord",
         OWNER,
+        derived=True,
     ),
     "queue.user": LiveQuery(
         "user_id",
         "SELECT key, row FROM live_rows WHERE query = 'queue.user' AND args = %(arg)s ORDER BY ord, key",
         SELF,
+        derived=True,
     ),
     "notifications.user": LiveQuery("user_id", notifications.FOR_USER, SELF, options=("since",)),
     "stripe.account": LiveQuery("user_id", stripe.ACCOUNTS_OF_USER, SELF),

@@ -13,6 +13,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
+from adapters.postgres import live_rows
 from adapters.postgres.log import topic_page
 
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 PROGRESS_CHANNEL = "lineup_progress"
 ELECTION_INTERVAL = 1.0
 IDLE_WAIT = 0.2  # seconds an idle round waits for a wake-up: a deferred entry-row publication is at most this late
-PUBLISHED = "published"  # progress name: the rounds' derived rows are on the change feed too
+PROJECTED = "projected"  # progress name: every projection has processed the log up to here
+PUBLISHED = "published"  # progress name: the derived rows (queue entry rows) are on the change feed too
 
 RECORD_POSITIONS = SQL("""
 WITH moved AS (
@@ -82,6 +84,16 @@ def projector_application() -> str:
     """The LISTEN session's application_name: it holds the projector lock, and `lineup status` shows
     this (host and pid of the process) as the lock's holder. PostgreSQL keeps 63 bytes."""
     return f"lineup projector {socket.gethostname()}:{os.getpid()}"[:63]
+
+
+class Publisher(Protocol):
+    """Puts derived rows on the change feed on the publisher thread (`ProjectorThread._publish`)."""
+
+    def __call__(self) -> int:
+        """Publish what is due; returns how many changes (0: no work done)."""
+
+    def held_back(self) -> int | None:
+        """The lowest log position whose derived rows the last call left for later, if any."""
 
 
 class BatchWriter(Protocol):
@@ -197,14 +209,16 @@ class ProjectorThread:
         channel: str,
         runners: list[ProjectionRunner[Any]],
         progress: Progress,
+        published: Progress,
         processors: Sequence[Callable[[], int]] = (),
-        publishers: list[Callable[[], int]] | None = None,
+        publishers: Sequence[Publisher] = (),
     ) -> None:
         self.database, self.channel, self.runners, self.progress = database, channel, runners, progress
+        self.published = published  # what the publishers have put on the feed (PUBLISHED): snapshots of derived rows
         self.processors = list(processors)  # first in each round: what they write is projected in the same round
-        self.publishers = publishers or []  # on their own thread: derived rows onto the change feed
-        self._published = min((runner.position for runner in runners), default=0)
-        progress.register(PUBLISHED, self._published)  # reads wait for publishing too
+        self.publishers = list(publishers)  # on their own thread: derived rows onto the change feed
+        self._projected_at = self._published_at = min((runner.position for runner in runners), default=0)
+        published.register(PUBLISHED, self._published_at)
         self.leader = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -250,16 +264,22 @@ class ProjectorThread:
                 self._wake.wait(IDLE_WAIT)
 
     def _checkpoint(self) -> None:
-        """One statement per round: the tracking rows of runners that moved on in memory."""
+        """One statement per round: the tracking rows of runners that moved on in memory, and one
+        notification telling every process how far all projections are: waiters (read-your-writes)
+        in any process wait for that, the lowest of all positions."""
         dirty = [runner for runner in self.runners if runner.dirty]
-        if dirty:
-            with self.runners[0].pool.connection() as conn:
-                checkpoint(conn, self.runners[0].tracking, dirty, None)
+        position = min((runner.position for runner in self.runners), default=0)
+        moved = position > self._projected_at
+        if not dirty and not moved:
+            return
+        with self.runners[0].pool.connection() as conn:
+            checkpoint(conn, self.runners[0].tracking, dirty, f"{PROJECTED}:{position}" if moved else None)
+        self._projected_at = position
 
     def _publish(self) -> None:
-        """Publishers run after the rounds that moved the projections, then one notification tells
-        every process how far all projections and the feed are: waiters (read-your-writes) in any
-        process wait for that, the lowest of all positions as it was before the publishers ran."""
+        """Publishers run after the rounds that moved the projections; then one notification tells
+        every process up to which log position the derived rows are on the feed: the projections'
+        position before the pass, or just before the oldest event a publisher held back."""
         while not self._stop.is_set():
             self._projected.clear()
             if not self.leader.is_set():
@@ -268,11 +288,13 @@ class ProjectorThread:
             position = min((runner.position for runner in self.runners), default=0)  # all committed
             try:
                 busy = sum(publish() for publish in self.publishers)
-                if position > self._published:
+                held = [at for publish in self.publishers if (at := publish.held_back()) is not None]
+                position = min([position, *(at - 1 for at in held)])
+                if position > self._published_at:
                     with self.runners[0].pool.connection() as conn:
                         checkpoint(conn, self.runners[0].tracking, [], f"{PUBLISHED}:{position}")
-                    self._published = position
-                    self.progress.advance(PUBLISHED, position)
+                    self._published_at = position
+                    self.published.advance(PUBLISHED, position)
             except Exception:
                 log.exception("publishing derived rows failed; retrying in 1 s")
                 self._stop.wait(1.0)
@@ -293,11 +315,30 @@ class ProjectorThread:
                 self.leader.clear()  # the lock lived in that session
             self._stop.wait(1.0)
 
-    def _follow(self, conn: psycopg.Connection[Any]) -> None:
-        tracked = [runner.tracked() for runner in self.runners]  # what happened while we were not listening
+    def _catch_up_progress(self, conn: psycopg.Connection[Any]) -> None:
+        """What happened while this process was not listening: the tracked positions, and the
+        entry rows published up to just before the oldest mark still waiting."""
+        tracked = [runner.tracked() for runner in self.runners]
         for runner, position in zip(self.runners, tracked, strict=True):
             self.progress.advance(runner.projection.name, position)
-        self.progress.advance(PUBLISHED, min(tracked, default=0))
+        oldest = conn.execute(live_rows.OLDEST_MARK).fetchone()
+        published = min(tracked, default=0)
+        if oldest and oldest["position"] is not None:
+            published = min(published, oldest["position"] - 1)
+        self.published.advance(PUBLISHED, published)
+
+    def _on_progress(self, payload: str) -> None:
+        name, _, at = payload.partition(":")
+        if name == PROJECTED:  # the lowest of every projection's position: it moves them all
+            for runner in self.runners:
+                self.progress.advance(runner.projection.name, int(at))
+        elif name == PUBLISHED:
+            self.published.advance(PUBLISHED, int(at))
+        else:
+            self.progress.advance(name, int(at))
+
+    def _follow(self, conn: psycopg.Connection[Any]) -> None:
+        self._catch_up_progress(conn)
         next_election = 0.0
         while not self._stop.is_set():
             if not self.leader.is_set() and time.monotonic() >= next_election:
@@ -312,10 +353,6 @@ class ProjectorThread:
                     self._wake.set()
             for notify in conn.notifies(timeout=0.5):
                 if notify.channel == PROGRESS_CHANNEL:
-                    name, _, at = notify.payload.partition(":")
-                    if name == PUBLISHED:  # at or below every projection's position: it moves them all
-                        for runner in self.runners:
-                            self.progress.advance(runner.projection.name, int(at))
-                    self.progress.advance(name, int(at))
+                    self._on_progress(notify.payload)
                 else:
                     self._wake.set()

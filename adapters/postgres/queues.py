@@ -74,7 +74,12 @@ class PostgresQueuesWriter(QueuesWriter):
 
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
         self.cursor = cursor
-        self._touched: dict[UUID, int] = {}
+        self._touched: dict[UUID, int] = {}  # queue -> its latest event time in this batch
+        self._first: dict[UUID, int] = {}  # queue -> the log position of its first event in this batch
+
+    def _touch(self, queue_id: UUID, at: int) -> None:
+        self._touched[queue_id] = at
+        self._first.setdefault(queue_id, self.position)
 
     def queue_opened(  # noqa: PLR0913
         self,
@@ -96,7 +101,7 @@ class PostgresQueuesWriter(QueuesWriter):
             " waiting = 0, average_ms = excluded.average_ms, opened_at = excluded.opened_at",
             (queue_id, event_id, owner_id, name, capacity, requires_payment, service_ms, at, at),
         )
-        self._touched[queue_id] = at
+        self._touch(queue_id, at)
 
     def entry_joined(self, queue_id: UUID, entry_id: str, user_id: str, seq: int, at: int) -> None:
         self.cursor.execute(
@@ -107,14 +112,14 @@ class PostgresQueuesWriter(QueuesWriter):
             (entry_id, user_id, seq, at, queue_id),
         )
         self.cursor.execute("UPDATE queue_summary SET waiting = waiting + 1 WHERE queue_id = %s", (queue_id,))
-        self._touched[queue_id] = at
+        self._touch(queue_id, at)
 
     def entry_called(self, queue_id: UUID, entry_id: str, at: int) -> None:
         self.cursor.execute(
             "UPDATE queue_entries SET status = %s, called_at = %s WHERE entry_id = %s", (CALLED, at, entry_id)
         )
         self.cursor.execute("UPDATE queue_summary SET waiting = waiting - 1 WHERE queue_id = %s", (queue_id,))
-        self._touched[queue_id] = at
+        self._touch(queue_id, at)
 
     def entry_finished(self, queue_id: UUID, entry_id: str, status: str, reason: str | None, at: int) -> None:
         self.cursor.execute(  # before the entry changes: was it still waiting?
@@ -126,15 +131,15 @@ class PostgresQueuesWriter(QueuesWriter):
             "UPDATE queue_entries SET status = %s, reason = %s, finished_at = %s WHERE entry_id = %s",
             (status, reason, at, entry_id),
         )
-        self._touched[queue_id] = at
+        self._touch(queue_id, at)
 
     def average_changed(self, queue_id: UUID, average_ms: int, at: int) -> None:
         self.cursor.execute("UPDATE queue_summary SET average_ms = %s WHERE queue_id = %s", (average_ms, queue_id))
-        self._touched[queue_id] = at
+        self._touch(queue_id, at)
 
     def status_changed(self, queue_id: UUID, status: str, at: int) -> None:
         self.cursor.execute("UPDATE queue_summary SET status = %s WHERE queue_id = %s", (status, queue_id))
-        self._touched[queue_id] = at
+        self._touch(queue_id, at)
 
     def queue_closed(self, queue_id: UUID, at: int) -> None:
         self.status_changed(queue_id, CLOSED, at)
@@ -154,8 +159,10 @@ class PostgresQueuesWriter(QueuesWriter):
         self.cursor.execute(changes.ADVANCE, {"n": len(queue_ids)})
         self.cursor.execute(SUMMARY_CHANGES, {"n": len(queue_ids), "ids": queue_ids})
         self.cursor.execute(changes.NOTIFY)
-        self.cursor.execute(live_rows.MARK_DIRTY, (queue_ids,))  # their entry rows: see live_rows.py
+        marks = [self._first[queue_id] for queue_id in queue_ids]
+        self.cursor.execute(live_rows.MARK_DIRTY, (queue_ids, marks))  # their entry rows: see live_rows.py
         self._touched.clear()
+        self._first.clear()
 
 
 class QueuesReader:

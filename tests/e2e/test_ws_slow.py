@@ -29,8 +29,8 @@ from tests.e2e.conftest import LineupServer
 
 OWNER = "slow-owner"
 PREFILL = 350  # waiting entries before the clients subscribe
-# joins while the slow client is stalled, at most (about 20 are needed): the queue must stay under
-# adapters.postgres.live_rows.IMMEDIATE (500) waiting, or its rows are published only once a second
+# joins while the slow client is stalled, at most (about 20 are needed); every publication of the
+# queue's rows (at most every 0.1 s at this length: adapters.postgres.live_rows) sends all of them
 MAX_JOINS = 499 - PREFILL
 IN_TIME = 5.0  # seconds within which the fast client must see each join (the slow one stalls far longer)
 STALL_AFTER_LAST = IN_TIME + 1.0  # the slow client goes on not reading this long after the last join

@@ -144,7 +144,7 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
     container.queues.execute([JoinQueue("q", Caller(u), f"entry-{u}") for u in "abc"], 2_000)
     container.runners[0].catch_up()
     start = feed.head()
-    assert publisher.publish_due() == 6  # three rows, each for queue.event and queue.user
+    assert publisher() == 6  # three rows, each for queue.event and queue.user
     published = feed.after(start)
     assert {(row["query"], row["args"]) for row in published} == {
         ("queue.event", "q"),
@@ -152,12 +152,13 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
         ("queue.user", "b"),
         ("queue.user", "c"),
     }
-    assert publisher.publish_due() == 0  # nothing dirty, nothing written
+    assert publisher() == 0  # nothing dirty, nothing written
 
     container.queues.execute([CallNext("q", owner)], 3_000)
     container.runners[0].catch_up()
     start = feed.head()
-    publisher.publish_due()
+    time.sleep(live_rows.MIN_SPACING)  # a queue is published at most this often
+    publisher()
     moved = {(row["query"], row["key"]): row["row"] for row in feed.after(start)}
     assert moved["queue.event", "entry-a"]["status"] == "called"
     assert moved["queue.user", "entry-b"]["position"] == 1
@@ -166,13 +167,15 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
         e.estimated_time for e in listed if e.status == "waiting"
     ]
 
-    monkeypatch.setattr(live_rows, "IMMEDIATE", 2)  # make this a "long" queue
-    monkeypatch.setattr(live_rows, "INTERVAL", 60.0)
+    monkeypatch.setattr(live_rows, "ROWS_PER_SECOND", 1)  # 3 waiting: at most every 3 s
     container.queues.execute([JoinQueue("q", Caller("d"), "entry-d")], 4_000)
     container.runners[0].catch_up()
-    assert publisher.publish_due() == 0  # published less than INTERVAL ago: wait
-    monkeypatch.setattr(live_rows, "INTERVAL", 0.0)
-    assert publisher.publish_due() > 0  # due now: the waiting mark was kept
+    assert publisher() == 0  # published less than 3 s ago: wait
+    assert publisher.held_back() == container.queues.recorder.max_notification_id()  # the join's position
+    monkeypatch.setattr(live_rows, "ROWS_PER_SECOND", 1_000_000)  # spacing: MIN_SPACING
+    time.sleep(live_rows.MIN_SPACING)
+    assert publisher() > 0  # due now: the waiting mark was kept
+    assert publisher.held_back() is None
 
 
 def test_marking_a_queue_never_waits_for_its_publication_and_a_later_mark_survives_it(
@@ -194,13 +197,13 @@ def test_marking_a_queue_never_waits_for_its_publication_and_a_later_mark_surviv
         publishing.execute(live_rows.LOCK)
         assert publishing.execute(live_rows.PUBLISH, {"q": queue_id}).fetchone() == {"n": 2}
         projecting.execute("SET lock_timeout = '2s'")
-        projecting.execute(live_rows.MARK_DIRTY, ([queue_id],))  # would time out if it had to wait
+        projecting.execute(live_rows.MARK_DIRTY, ([queue_id], [99]))  # would time out if it had to wait
         projecting.commit()
         publishing.commit()
     with connect(container) as conn:
         marks = conn.execute("SELECT count(*) AS n FROM live_dirty WHERE queue_id = %s", (queue_id,)).fetchone()
     assert marks == {"n": 1}
-    assert live_rows.LiveRowsPublisher(container.pool).publish_due() == 0  # nothing moved: an empty diff
+    assert live_rows.LiveRowsPublisher(container.pool)() == 0  # nothing moved: an empty diff
     with connect(container) as conn:
         assert conn.execute("SELECT count(*) AS n FROM live_dirty").fetchone() == {"n": 0}
 
@@ -213,12 +216,14 @@ def test_a_live_dirty_table_with_one_row_per_queue_loses_its_key_at_start(settin
         conn.execute("INSERT INTO live_dirty VALUES ('00000000-0000-0000-0000-000000000001')")
     build(settings, projectors=False).close()  # the DDL runs at every start
     with database.connect() as conn:
-        conn.execute("INSERT INTO live_dirty VALUES ('00000000-0000-0000-0000-000000000001')")  # a second mark
+        conn.execute("INSERT INTO live_dirty VALUES ('00000000-0000-0000-0000-000000000001', 7)")  # a second mark
         keys = conn.execute(
             "SELECT count(*) AS n FROM pg_constraint WHERE conrelid = to_regclass(%s)", (f'"{schema}".live_dirty',)
         ).fetchone()
         marks = conn.execute("SELECT count(*) AS n FROM live_dirty").fetchone()
+        positions = conn.execute("SELECT position FROM live_dirty ORDER BY position").fetchall()
     assert (keys, marks) == ({"n": 0}, {"n": 2})
+    assert positions == [{"position": 0}, {"position": 7}]
 
 
 def test_the_clean_up_trims_changes_older_than_what_is_kept(container: Container) -> None:

@@ -112,7 +112,7 @@ def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_sus
 
     async def scenario() -> None:
         hub, socket = Hub(), _PausingSocket()
-        session = Session(socket, hub, None, None, lambda: None)  # type: ignore[arg-type]
+        session = Session(socket, hub, None, None, lambda _derived: None)  # type: ignore[arg-type]
         session.outbox.on_ready = session._wake_sender
         sub = Subscription(1, "q", "a", session.outbox)
         sub.pending = False

@@ -9,7 +9,8 @@ from entrypoints.webhook_path import StripeWebhookPath
 
 
 def worker_app() -> StripeWebhookPath:
-    """One worker: its own container (committer, pools, listener); the app closes it on shutdown."""
-    container = build(Settings.from_env())
+    """One worker: its own container (committer, pools, listener); the app closes it on shutdown.
+    The projections run in `lineup serve`'s projector process, not here."""
+    container = build(Settings.from_env(), elect=False)
     container.start()
     return StripeWebhookPath(create_app(container), container)

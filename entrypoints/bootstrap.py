@@ -170,8 +170,12 @@ def stripe_processor(settings: Settings, database: Database, container: Containe
     return EventProcessor(STRIPE_PROCESS, app, StripeEvent.Received, stripe_policy, locks.hold)
 
 
-def build(settings: Settings, *, projectors: bool = True) -> Container:
-    """Wire a process: database (embedded by default), tables, write path, read side."""
+def build(settings: Settings, *, projectors: bool = True, elect: bool = True) -> Container:
+    """Wire a process: database (embedded by default), tables, write path, read side.
+
+    `projectors`: follow the projections' progress (read-your-writes); with `elect`, also stand
+    for the election of the one process that projects (`lineup serve` leaves that to its projector
+    process: `entrypoints.projector_process`)."""
     database, embedded = open_database(settings)
     try:
         queues = migrate(settings, database)
@@ -203,7 +207,8 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
         )
         if projectors:
             channel = queues.recorder.channel_name  # type: ignore[attr-defined]
-            container.processors = [stripe_processor(settings, database, container)]
+            if elect:
+                container.processors = [stripe_processor(settings, database, container)]
             container.projector = ProjectorThread(
                 database,
                 channel,
@@ -211,7 +216,8 @@ def build(settings: Settings, *, projectors: bool = True) -> Container:
                 progress,
                 published,
                 processors=container.processors,
-                publishers=[live_rows.LiveRowsPublisher(pool), Cleanup(pool)],
+                publishers=[live_rows.LiveRowsPublisher(pool), Cleanup(pool)] if elect else [],
+                elect=elect,
             )
     except BaseException:
         if embedded is not None:

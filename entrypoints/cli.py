@@ -92,8 +92,9 @@ def serve() -> None:
     """
     import uvicorn
 
-    from entrypoints.bootstrap import build
+    from entrypoints.bootstrap import build, jwt_secret
     from entrypoints.http import create_app
+    from entrypoints.projector_process import ProjectorProcess
     from entrypoints.webhook_path import StripeWebhookPath
     from entrypoints.workers import WS_PING_INTERVAL, GracefulServer, check_port
 
@@ -103,9 +104,11 @@ def serve() -> None:
     if settings.workers > 1:
         _serve_workers(settings)
         return
-    container = build(settings)
+    container = build(settings, elect=False)
+    projector = ProjectorProcess(settings.for_workers(container.database.url, jwt_secret(settings)))
     try:
         container.start()
+        projector.start()
         config = uvicorn.Config(
             StripeWebhookPath(create_app(container), container),
             host=settings.host,
@@ -121,6 +124,7 @@ def serve() -> None:
         logging.getLogger("lineup").info("listening on http://%s:%d", settings.host, settings.port)
         GracefulServer(config).run()
     finally:
+        projector.stop()  # before the container: it may own the embedded server the child uses
         container.close()
 
 

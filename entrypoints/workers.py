@@ -20,6 +20,7 @@ from multiprocessing.process import BaseProcess
 import uvicorn
 
 from adapters.gateway import close_all_sessions
+from entrypoints.projector_process import ProjectorProcess
 from entrypoints.settings import Settings
 
 log = logging.getLogger("lineup")
@@ -101,6 +102,7 @@ def run_workers(count: int, env: dict[str, str], host: str, port: int, log_level
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers: list[BaseProcess] = []
+    projector = ProjectorProcess(env)
 
     def start() -> BaseProcess:
         process = context.Process(target=_worker, args=(env, host, port, log_level), name="lineup-worker")
@@ -110,12 +112,14 @@ def run_workers(count: int, env: dict[str, str], host: str, port: int, log_level
     try:
         workers = [start() for _ in range(count)]
         log.info("started %d workers: %s", count, ", ".join(str(w.pid) for w in workers))
+        projector.start()
         while not stopping.wait(RESTART_PAUSE):
             for index, process in enumerate(workers):
                 if not process.is_alive():
                     log.error("worker %s exited with %s; starting a new one", process.pid, process.exitcode)
                     workers[index] = start()
     finally:
+        projector.stop()
         for process in workers:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)

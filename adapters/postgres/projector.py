@@ -212,8 +212,11 @@ class ProjectorThread:
         published: Progress,
         processors: Sequence[Callable[[], int]] = (),
         publishers: Sequence[Publisher] = (),
+        *,
+        elect: bool = True,
     ) -> None:
         self.database, self.channel, self.runners, self.progress = database, channel, runners, progress
+        self.elect = elect  # False: this process only follows the progress (another one projects)
         self.published = published  # what the publishers have put on the feed (PUBLISHED): snapshots of derived rows
         self.processors = list(processors)  # first in each round: what they write is projected in the same round
         self.publishers = list(publishers)  # on their own thread: derived rows onto the change feed
@@ -225,9 +228,12 @@ class ProjectorThread:
         self._projected = threading.Event()  # a round moved the projections: the publishers have work
         self._threads = [
             threading.Thread(target=self._listen, name="lineup-listen", daemon=True),
-            threading.Thread(target=self._project, name="lineup-projector", daemon=True),
-            threading.Thread(target=self._publish, name="lineup-publisher", daemon=True),
         ]
+        if elect:
+            self._threads += [
+                threading.Thread(target=self._project, name="lineup-projector", daemon=True),
+                threading.Thread(target=self._publish, name="lineup-publisher", daemon=True),
+            ]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -341,7 +347,7 @@ class ProjectorThread:
         self._catch_up_progress(conn)
         next_election = 0.0
         while not self._stop.is_set():
-            if not self.leader.is_set() and time.monotonic() >= next_election:
+            if self.elect and not self.leader.is_set() and time.monotonic() >= next_election:
                 next_election = time.monotonic() + ELECTION_INTERVAL
                 key = self.database.lock_key("projector")  # held by the one process that projects
                 row = conn.execute("SELECT pg_try_advisory_lock(%s) AS won", (key,)).fetchone()

@@ -204,7 +204,9 @@ def test_status_beside_lineup_serve_names_the_projecting_process(server: LineupS
     assert lags == [0, 0, 0]
     holder = report["projector"]
     assert server.process is not None
-    assert holder["application_name"].endswith(f":{server.process.pid}")  # the serving process, by its pid
+    projecting = int(holder["application_name"].rpartition(":")[2])  # by its pid: serve's projector process
+    status = Path(f"/proc/{projecting}/status").read_text()
+    assert f"PPid:\t{server.process.pid}\n" in status
     with psycopg.connect(str(server.settings.database_url), autocommit=True) as conn:
         backend = conn.execute(
             "SELECT application_name, host(client_addr) FROM pg_stat_activity WHERE pid = %s", (holder["pid"],)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -172,3 +176,60 @@ def test_sockets_are_closed_1001_when_the_server_shuts_down(server_settings: Set
         assert server.stop() == 0
     finally:
         server.stop()
+
+
+def projector_children(pid: int) -> list[int]:
+    """The pids of `lineup serve`'s projector processes (multiprocessing children of `pid`)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            if f"PPid:\t{pid}\n" in status.read_text():
+                cmdline = (status.parent / "cmdline").read_bytes()
+                if b"multiprocessing.spawn" in cmdline:
+                    found.append(int(status.parent.name))
+    return found
+
+
+def until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_projector_process_that_dies_is_replaced_and_nothing_is_lost(server: LineupServer) -> None:
+    assert server.process is not None
+    [projector] = projector_children(server.process.pid)
+    event_id, owner = f"ev-{uuid.uuid4().hex[:8]}", f"owner-{uuid.uuid4().hex[:8]}"
+    opened = httpx.post(f"{server.base_url}/events/{event_id}/queue", json={"name": "P"}, headers=server.headers(owner))
+    assert opened.status_code == 201
+    os.kill(projector, signal.SIGKILL)
+    joined = httpx.post(f"{server.base_url}/events/{event_id}/queue/join", headers=server.headers("while-down"))
+    assert joined.status_code == 201  # commands do not need the projector
+    pid = server.process.pid
+    assert until(lambda: projector_children(pid) not in ([], [projector]))  # started again
+    listed = eventually_listed(server, owner, event_id, expected=1)
+    assert [entry["user_id"] for entry in listed] == ["while-down"]
+    assert httpx.get(f"{server.base_url}/ready").status_code == 200
+
+
+def test_a_killed_server_leaves_no_projector_process_behind(server_settings: Settings) -> None:
+    settings = dataclasses.replace(server_settings, port=free_port())
+    server = LineupServer(settings, settings.data_dir / "orphan.log")
+    server.start()
+    try:
+        assert server.process is not None
+        [projector] = projector_children(server.process.pid)
+        server.process.kill()  # SIGKILL: the serving process cannot stop its child
+        server.process.wait(10)
+        assert until(lambda: not Path(f"/proc/{projector}").exists() or zombie(projector), timeout=5)
+    finally:
+        server.stop()
+
+
+def zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    return True

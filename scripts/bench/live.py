@@ -41,7 +41,7 @@ from barews import BareServer, padded_frame
 from commands import EVENTS_TABLE, code_version, command_line, drop_schema, open_queue
 from httpload import join_path, percentile
 from paced import Request, Sent, raw_request, run_paced
-from server import Server, free_port, machine_busy, postgres_cpu, process_cpu
+from server import Server, free_port, machine_busy, postgres_cpu, tree_cpu
 from wsclients import ClientPool, Spec
 
 from entrypoints.auth import issue
@@ -127,10 +127,10 @@ def connect_and_measure(spec: Spec, n: int, procs: int, pid: int, trigger: Any, 
         for _ in range(changes):
             time.sleep(1.0)
             pool.arm()
-            cpu, (busy, total) = process_cpu(pid), machine_busy()
+            cpu, (busy, total) = tree_cpu(pid), machine_busy()
             t_request, t_ack = trigger()
             times, missing, frame_len = pool.collect(30)
-            cpu = process_cpu(pid) - cpu
+            cpu = tree_cpu(pid) - cpu
             busy_now, total_now = machine_busy()
             machine = (busy_now - busy) / max(1e-9, total_now - total)
             from_ack = stats([(t - t_ack) / 1e6 for t in times])
@@ -366,10 +366,10 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
             flush=True,
         )
         busy0, total0 = machine_busy()
-        cpu0, pg0 = process_cpu(server.process.pid), postgres_cpu()
+        cpu0, pg0 = tree_cpu(server.process.pid), postgres_cpu()
         sent = run_paced(HOST, server.port, load, procs=args.load_procs)
         busy1, total1 = machine_busy()
-        cpu1, pg1 = process_cpu(server.process.pid), postgres_cpu()
+        cpu1, pg1 = tree_cpu(server.process.pid), postgres_cpu()
         caught_up = wait_caught_up(server, secret, queues, sent, start_waiting)
         frames = pool.collect_frames(0)
         ranks = leave_ranks(args.database_url, schema)

@@ -38,7 +38,7 @@ def _configuration_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -99,7 +99,7 @@ def serve() -> None:
     from entrypoints.workers import WS_PING_INTERVAL, GracefulServer, check_port
 
     settings = Settings.from_env()
-    _logging(settings.log_level)
+    configure_logging(settings.log_level)
     check_port(settings.host, settings.port)
     if settings.workers > 1:
         _serve_workers(settings)
@@ -157,7 +157,7 @@ def migrate() -> None:
     from entrypoints.bootstrap import open_database
 
     settings = Settings.from_env()
-    _logging("warning")
+    configure_logging("warning")
     database, embedded = open_database(settings)
     try:
         run_migrate(settings, database).close()
@@ -178,7 +178,7 @@ def token(user_id: str, role: str, ttl: int) -> None:
     from entrypoints.bootstrap import jwt_secret
 
     settings = Settings.from_env()
-    _logging("warning")  # on stderr: which secret signed it, when none is configured
+    configure_logging("warning")  # on stderr: which secret signed it, when none is configured
     click.echo(issue(jwt_secret(settings), user_id, role=role, ttl=ttl))
 
 

@@ -34,13 +34,11 @@ def run(env: dict[str, str], parent: int) -> None:
     """The child: projects until SIGTERM or until its parent (pid `parent`, passed in: it may die
     before this child has even started) is gone."""
     from entrypoints.bootstrap import build
+    from entrypoints.cli import configure_logging
 
     os.environ.update(env)
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us

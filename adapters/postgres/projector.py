@@ -195,7 +195,8 @@ class ProjectionRunner(Generic[W]):
 
 
 class ProjectorThread:
-    """Keeps projections up to date inside `lineup serve`, in exactly one process per database.
+    """Keeps projections up to date, in exactly one process per database (`lineup serve`'s
+    projector process; with `elect=False`, as in serve's HTTP processes, it only follows).
 
     A session-level advisory lock on the LISTEN connection elects the process that projects;
     the others retry every second and take over when the holder's session ends (a crash or a

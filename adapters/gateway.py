@@ -309,8 +309,8 @@ class Session:
     # Snapshots and catch-up -------------------------------------------------------------------
 
     async def _start(self, subscription: Subscription, after: int | None) -> None:
-        derived = LIVE_QUERIES[subscription.query].derived  # a subscription sees the commands acknowledged before it
-        await asyncio.to_thread(self.settle, derived)
+        # a subscription sees the commands acknowledged before it (derived rows: their publication too)
+        await asyncio.to_thread(self.settle, LIVE_QUERIES[subscription.query].derived)
         if not await self._allowed(subscription.query, subscription.args):  # (an owner is read after settling)
             if self.subscriptions.get(subscription.id) is subscription:
                 del self.subscriptions[subscription.id]

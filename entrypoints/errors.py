@@ -28,8 +28,13 @@ HTTP_CODES = {
 }
 
 
+def error_body(code: str, detail: str) -> dict[str, str]:
+    """Every error answer's JSON body."""
+    return {"error": code, "detail": detail}
+
+
 def error_response(status: int, code: str, detail: str) -> Response[dict[str, str]]:
-    return Response({"error": code, "detail": detail}, status_code=status, media_type=MediaType.JSON)
+    return Response(error_body(code, detail), status_code=status, media_type=MediaType.JSON)
 
 
 def queue_error(_: Request[Any, Any, Any], exc: QueueError) -> Response[dict[str, str]]:

@@ -64,10 +64,6 @@ class ProjectorProcess:
         self._stopping = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name="lineup-projector-supervisor", daemon=True)
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def start(self) -> None:
         self._process = self._spawn()
         self._supervisor.start()

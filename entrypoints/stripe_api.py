@@ -12,6 +12,7 @@ from domain.commands import AccountView, LinkStripeAccount, Recorded, RecordStri
 from domain.errors import InvalidCommandError, NotFoundError
 from entrypoints.auth import require_self
 from entrypoints.bootstrap import Container
+from entrypoints.errors import error_body
 from entrypoints.submit import CallerRequest, run
 
 
@@ -52,11 +53,11 @@ async def accept_webhook(container: Container, body: bytes, signature: str | Non
     verify, otherwise 200 once the event is durably recorded (or was already)."""
     secrets = container.settings.stripe_webhook_secrets
     if not secrets:
-        return 503, {"error": "unavailable", "detail": "no STRIPE_WEBHOOK_SECRET is configured"}
+        return 503, error_body("unavailable", "no STRIPE_WEBHOOK_SECRET is configured")
     try:
         envelope, payload = verify(body, signature, secrets)
     except RejectedError as error:
-        return 400, {"error": "bad_request", "detail": str(error)}
+        return 400, error_body("bad_request", str(error))
     recorded = await run(container, RecordStripeEvent(envelope, payload))
     assert isinstance(recorded, Recorded)
     return 200, WebhookOut(received=True, duplicate=recorded.duplicate)

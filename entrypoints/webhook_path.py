@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from entrypoints.errors import error_body
 from entrypoints.http import MAX_BODY
 from entrypoints.stripe_api import accept_webhook
 
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lineup.http")
 PATH = "/api/webhooks/stripe-connect"
 _encode = msgspec.json.Encoder().encode
-TOO_LARGE = {"error": "too_large", "detail": "Request Entity Too Large"}  # as Litestar answers every other path
-FAILED = {"error": "internal_error", "detail": "the server failed to handle this request; it has been logged"}
+TOO_LARGE = error_body("too_large", "Request Entity Too Large")  # as Litestar answers every other path
+FAILED = error_body("internal_error", "the server failed to handle this request; it has been logged")
 
 
 class StripeWebhookPath:

@@ -28,9 +28,6 @@ def notification_id_for(originator_id: UUID, version: int) -> str:
 
 
 class NotificationsWriter(Writer, ABC):
-    """`position` (from `Writer`): the log position of the event being processed; set by whoever
-    feeds events to the projection, used to order notifications created at the same time."""
-
     @abstractmethod
     def notification_created(
         self, notification_id: str, user_id: str, kind: str, data: dict[str, Any], at: int

@@ -73,7 +73,8 @@ def checkpoint(
     runners: Sequence[ProjectionRunner[Any]],
     payload: str | None,
 ) -> None:
-    """Record the in-memory positions of `runners` and send `payload` on the progress channel."""
+    """Record the in-memory positions of `runners` (none: only the notification) and send `payload`
+    on the progress channel."""
     table = Identifier(tracking.datastore.schema, tracking.tracking_table_name)
     record_positions(conn, table, {runner.projection.name: runner.position for runner in runners}, payload)
     for runner in runners:

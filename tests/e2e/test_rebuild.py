@@ -303,12 +303,7 @@ def corrupt(server: LineupServer, event_id: str, entry_id: str, fan: str, note_i
     """Corrupt the read model *and* what subscribers were told (the publisher republishes a dirty
     queue; a feed row removes the notification), so the switch has to correct both."""
     sql(server, "UPDATE queue_entries SET status = 'called' WHERE entry_id = %s", (entry_id,))
-    sql(  # it may still be dirty: a queue's publications are spaced (live_rows.MIN_SPACING)
-        server,
-        "INSERT INTO live_dirty (queue_id) SELECT queue_id FROM queue_summary WHERE event_id = %s"
-        " ON CONFLICT DO NOTHING",
-        (event_id,),
-    )
+    sql(server, "INSERT INTO live_dirty (queue_id) SELECT queue_id FROM queue_summary WHERE event_id = %s", (event_id,))
     sql(server, "DELETE FROM notifications WHERE notification_id = %s", (note_id,))
     settings = server.settings
     options = f"-c search_path={settings.database_schema}"

@@ -10,11 +10,12 @@ transaction. It runs on its own thread in the projecting process, woken by each 
 Every publication rewrites all of a queue's rows (each estimated time moves with the queue's
 latest event), so under load publications are coalesced: a queue is published at most once per
 max(`MIN_SPACING`, W / `ROWS_PER_SECOND`) seconds, W being the waiting entries of all dirty queues,
-which bounds the rows rewritten per second however many and however long the queues are
-(measured: republishing five ~500-entry queues after every round took one PostgreSQL core at
-1,000 commands/s; publishing a 25k-entry queue every second cut joins/s in half). The first change
-after a quiet spell is published at once (the spacing counts from the last publication), so a quiet
-queue's subscribers see it move immediately, a busy one's at that rate.
+which bounds the rows rewritten per second however many and however long the queues are.
+Measured: republishing five ~500-entry queues after every round kept the publication statement
+active in 90 of 150 samples of pg_stat_activity at 1,000 commands/s (2026-12-01); publishing a
+25k-entry queue every second cut joins/s in half (2026-11-25). The first change after a quiet
+spell is published at once (the spacing counts from the last publication), so a quiet queue's
+subscribers see it move immediately, a busy one's at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.
 """
 

@@ -13,7 +13,7 @@ max(`MIN_SPACING`, W / `ROWS_PER_SECOND`) seconds, W being the waiting entries o
 which bounds the rows rewritten per second however many and however long the queues are.
 Measured: republishing five ~500-entry queues after every round kept the publication statement
 active in 90 of 150 samples of pg_stat_activity at 1,000 commands/s (2026-12-01); publishing a
-25k-entry queue every second cut joins/s in half (2026-11-25). The first change after a quiet
+25k-entry queue every second cut joins/s in half (an earlier session). The first change after a quiet
 spell is published at once (the spacing counts from the last publication), so a quiet queue's
 subscribers see it move immediately, a busy one's at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.

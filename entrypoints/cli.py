@@ -90,13 +90,11 @@ def serve() -> None:
 
     With no LINEUP_DATABASE_URL it starts (or attaches to) the embedded PostgreSQL of LINEUP_DATA_DIR.
     """
-    import uvicorn
-
     from entrypoints.bootstrap import build, jwt_secret
     from entrypoints.http import create_app
     from entrypoints.projector_process import ProjectorProcess
     from entrypoints.webhook_path import StripeWebhookPath
-    from entrypoints.workers import WS_PING_INTERVAL, GracefulServer, check_port
+    from entrypoints.workers import GracefulServer, check_port, server_config
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
@@ -109,17 +107,12 @@ def serve() -> None:
     try:
         container.start()
         projector.start()
-        config = uvicorn.Config(
+        config = server_config(
             StripeWebhookPath(create_app(container), container),
+            settings.log_level,
+            settings.ws_ping_timeout,
             host=settings.host,
             port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-            proxy_headers=False,  # nothing reads the client address; saves work per request
-            ws_ping_interval=WS_PING_INTERVAL,
-            ws_ping_timeout=settings.ws_ping_timeout,
         )
         logging.getLogger("lineup").info("listening on http://%s:%d", settings.host, settings.port)
         GracefulServer(config).run()

@@ -16,6 +16,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import uvicorn
 
@@ -32,6 +33,29 @@ RESTART_PAUSE = 1.0
 # client that still reads answers in time and is not cut off; one that reads nothing for that long is
 # treated as dead. uvicorn's default of 20 s dropped slow readers whose pong was stuck behind a backlog.
 WS_PING_INTERVAL = 20.0
+
+
+def server_config(app: Any, log_level: str, ws_ping_timeout: float, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for every `lineup serve` process, one worker or several."""
+    return uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        proxy_headers=False,  # nothing reads the client address; saves work per request
+        # The protocol adapters/direct_frames.py writes change frames through, named rather than
+        # left to "auto". No permessage-deflate: change frames are a few hundred bytes of JSON, and
+        # with compression every connection keeps its own zlib streams (uvicorn's settings: 12-bit
+        # windows, memLevel 5, i.e. ~16 KiB + 16 KiB for the compressor alone by zlib's own formula)
+        # and needs each frame compressed for it alone, so one change could not be one write of the
+        # same bytes to every subscriber.
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
+        ws_ping_interval=WS_PING_INTERVAL,
+        ws_ping_timeout=ws_ping_timeout,
+        **options,
+    )
 
 
 class GracefulServer(uvicorn.Server):
@@ -69,17 +93,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def _worker(env: dict[str, str], host: str, port: int, log_level: str) -> None:
     """Runs in a child process: its own container, app and socket."""
     os.environ.update(env)
-    config = uvicorn.Config(
-        "entrypoints.asgi:worker_app",
-        factory=True,
-        log_level=log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        proxy_headers=False,
-        ws_ping_interval=WS_PING_INTERVAL,
-        ws_ping_timeout=Settings.from_env().ws_ping_timeout,
-    )
+    config = server_config("entrypoints.asgi:worker_app", log_level, Settings.from_env().ws_ping_timeout, factory=True)
     GracefulServer(config).run(sockets=[_listening_socket(host, port)])
 
 

@@ -95,11 +95,12 @@ class Subscription:
     def __post_init__(self) -> None:
         self.prefix = '{"type":"change","id":' + _encode(self.id).decode() + ","
 
-    def deliver(self, change: Change, body: str) -> None:
+    def deliver(self, change: Change, frame: str) -> None:
+        """`frame` is this subscription's change frame: its `prefix` + the change's body."""
         if self.pending:
             self.buffer.append(change)
         else:
-            self.outbox.deliver(self.prefix + body, change.cursor)
+            self.outbox.deliver(frame, change.cursor)
 
 
 class Hub:
@@ -128,8 +129,14 @@ class Hub:
         group = self.groups.get((change.query, change.args))
         if group:
             body = change_body(change)
+            # one string per subscription id: subscribers sharing an id (clients often use the same
+            # small ids) get the same object, whose wire bytes are then serialized once
+            frames: dict[str, str] = {}
             for subscription in group:
-                subscription.deliver(change, body)
+                frame = frames.get(subscription.prefix)
+                if frame is None:
+                    frame = frames[subscription.prefix] = subscription.prefix + body
+                subscription.deliver(change, frame)
         self.advance(change.cursor)
 
     def advance(self, cursor: int) -> None:

@@ -101,6 +101,7 @@ _encode = msgspec.json.Encoder().encode
 
 class Socket(Protocol):
     async def receive_text(self) -> str: ...
+    def write_now(self, data: str) -> bool: ...  # written at once without ASGI; False: use send_text
     def send_text(self, data: str) -> Coroutine[Any, Any, None]: ...  # a coroutine: it may be stepped by hand
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
@@ -373,7 +374,8 @@ class Session:
 
     def _wake_sender(self) -> None:
         """A frame was queued. If nothing is being sent, write now, from the caller (the feed
-        follower's dispatch loop, usually): the ASGI send of a writable socket completes without
+        follower's dispatch loop, usually): straight to the transport where the socket allows it
+        (adapters/direct_frames.py), else through ASGI. The ASGI send of a writable socket completes without
         suspending (uvicorn's websockets-sansio `send` awaits an Event that is set, then writes to
         the transport), so stepping its coroutine by hand costs no task and no loop round trip,
         and the first subscribers get their bytes before the loop has reached the last. A send
@@ -396,6 +398,8 @@ class Session:
         self._writing = True
         try:
             while (text := self._next_frame()) is not None:
+                if self.socket.write_now(text):
+                    continue
                 send = self.socket.send_text(text)
                 try:
                     blocked_on = send.send(None)
@@ -416,7 +420,8 @@ class Session:
             if started is not None:
                 await _resume(started, blocked_on)
             while (text := self._next_frame()) is not None:
-                await self.socket.send_text(text)
+                if not self.socket.write_now(text):
+                    await self.socket.send_text(text)
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away: the receive loop sees it too

@@ -63,9 +63,9 @@ def test_an_overflowing_outbox_keeps_control_frames_and_asks_for_a_reset() -> No
         sub.pending = False
         outbox.put('{"type":"pong"}')
         for cursor in range(1, 5):
-            sub.deliver(Change(cursor, "q", "a", "k", "upsert", {"v": cursor}), f'"cursor":{cursor}}}')
+            sub.deliver(Change(cursor, "q", "a", "k", "upsert", {"v": cursor}), sub.prefix + f'"cursor":{cursor}}}')
         assert outbox.lagging
-        sub.deliver(Change(9, "q", "a", "k", "upsert", {}), '"cursor":9}')  # dropped while lagging
+        sub.deliver(Change(9, "q", "a", "k", "upsert", {}), sub.prefix + '"cursor":9}')  # dropped while lagging
         assert drain(outbox) == ['{"type":"pong"}', RESET]
 
     asyncio.run(scenario())
@@ -87,8 +87,9 @@ def test_waiting_for_a_cursor_returns_once_it_is_dispatched() -> None:
 
 
 class _PausingSocket:
-    """A socket whose sends complete at once while it is writable and wait while it is paused,
-    like uvicorn's: the gateway writes directly until a send suspends, then hands over to a task."""
+    """A socket that takes frames at once while it is writable and whose sends wait while it is
+    paused, like uvicorn's: the gateway writes directly until a send suspends, then hands over to
+    a task."""
 
     def __init__(self) -> None:
         self.writable = asyncio.Event()
@@ -98,6 +99,12 @@ class _PausingSocket:
     async def receive_text(self) -> str:
         await asyncio.Event().wait()
         return ""
+
+    def write_now(self, data: str) -> bool:
+        if not self.writable.is_set():
+            return False  # as uvicorn's transport when paused: the frame goes through send_text
+        self.sent.append(data)
+        return True
 
     async def send_text(self, data: str) -> None:
         await self.writable.wait()

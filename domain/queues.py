@@ -138,6 +138,8 @@ class Queues(Application[Any]):
                 outcomes.append(apply_command(batch, command, at))
             except QueueError as error:
                 outcomes.append(error)
+        if not batch.touched and tracking is None:
+            return Executed(outcomes, None)  # every command refused or a duplicate: nothing to save
         processing: ProcessingEvent[UUID] = ProcessingEvent(tracking)
         processing.collect_events(*batch.touched.values())
         recordings = self._record(processing)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 
-from adapters.postgres.log import topic_page
+from adapters.postgres.log import SharedPage, topic_page
 from domain.queues import AlreadyProcessedError
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class EventProcessor:
     ) -> None:
         self.name, self.app, self.policy, self.exclusive = name, app, policy, exclusive
         self.topic = get_topic(event_type)
+        self.topics = {self.topic}
         self.batch_size, self.clock = batch_size, clock
         self.position = self.tracked()
         self.processed = 0  # commands executed by this process
@@ -62,15 +63,18 @@ class EventProcessor:
     def tracked(self) -> int:
         return self.app.recorder.max_tracking_id(self.name) or 0  # type: ignore[attr-defined]
 
-    def __call__(self) -> int:
-        """One batch; returns how many events it read (0 when the log has nothing new)."""
-        head = self.app.recorder.max_notification_id() or 0
+    def __call__(self, head: int | None = None, page: SharedPage | None = None) -> int:
+        """One batch; returns how many events it read (0 when the log has nothing new). `head` and
+        `page`, when given, are the projector round's reads of the log (see `run_once`)."""
+        if head is None:
+            head = self.app.recorder.max_notification_id() or 0
         if head <= self.position:
             if self._dirty and time.monotonic() - self._written_at >= IDLE_TRACKING_INTERVAL:
                 self._execute([], self.position)
             return 0
+        shared = page.events_for(self.position, self.topics) if page is not None else None
         # Only this process's topic crosses the wire (a Stripe payload is a few KB).
-        notifications, last = topic_page(self.app, self.position, head, [self.topic], self.batch_size)
+        notifications, last = shared or topic_page(self.app, self.position, head, [self.topic], self.batch_size)
         commands = [
             command
             for notification in notifications

@@ -57,6 +57,29 @@ def topic_page(
     return page, page[-1].id if len(page) == limit else stop
 
 
+@dataclass(frozen=True)
+class SharedPage:
+    """One read of the log serving every reader of a projector round that stands at `after`:
+    the events of all their topics in (`after`, `last`], so each reader's own events are among
+    them. One round trip instead of one per reader."""
+
+    after: int
+    last: int
+    notifications: Sequence[Notification]
+
+    @classmethod
+    def read(cls, app: Application[Any], after: int, head: int, topics: set[str], limit: int) -> SharedPage:
+        notifications, last = topic_page(app, after, head, sorted(topics) or ["-"], limit)  # none: not all
+        return cls(after, last, notifications)
+
+    def events_for(self, position: int, topics: set[str]) -> tuple[list[Notification], int] | None:
+        """A reader's events after `position` and the position it has then read up to, or None
+        when this page does not start where the reader stands (it must read for itself)."""
+        if position != self.after:
+            return None
+        return [n for n in self.notifications if n.topic in topics], self.last
+
+
 class EventLog:
     """The application's event log, read through eventsourcing's recorder and mapper."""
 

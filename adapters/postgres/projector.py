@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -14,7 +15,7 @@ from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 from adapters.postgres import live_rows
-from adapters.postgres.log import topic_page
+from adapters.postgres.log import SharedPage, topic_page
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -97,6 +98,14 @@ class Publisher(Protocol):
         """The lowest log position whose derived rows the last call left for later, if any."""
 
 
+class Reader(Protocol):
+    """What a round's shared page is read for: runners and processors alike."""
+
+    position: int
+    topics: set[str]
+    batch_size: int
+
+
 class BatchWriter(Protocol):
     def flush(self) -> None: ...
 
@@ -135,12 +144,13 @@ class ProjectionRunner(Generic[W]):
     def name(self) -> str:
         return self.projection.name
 
-    def run_once(self, head: int | None = None) -> int:
+    def run_once(self, head: int | None = None, page: SharedPage | None = None) -> int:
         """Process the next batch of events; returns how many log positions it moved on (0: none new).
 
         Only the projection's own topics are fetched (`adapters.postgres.log.topic_page`).
         `head`, when given, is the log head the caller has just read (one read per round serves
-        every runner). A window without any of them costs no transaction: the position moves on in
+        every runner), and `page` the round's read of the log, used when it starts where this
+        runner stands. A window without any of them costs no transaction: the position moves on in
         memory (`dirty`) and the caller records it with the other runners' in one statement
         (`ProjectorThread._checkpoint`; `catch_up` records it itself). Reading such a window again
         after a crash finds nothing to do, so exactly once still holds.
@@ -149,7 +159,8 @@ class ProjectionRunner(Generic[W]):
             head = self.app.recorder.max_notification_id() or 0
         if head <= self.position:
             return 0
-        notifications, last = topic_page(self.app, self.position, head, self.topic_list, self.batch_size)
+        shared = page.events_for(self.position, self.topics) if page is not None else None
+        notifications, last = shared or topic_page(self.app, self.position, head, self.topic_list, self.batch_size)
         if notifications:
             if not self._commit(notifications, last):
                 return 0
@@ -258,9 +269,16 @@ class ProjectorThread:
                 self._wake.wait(0.5)
                 continue
             try:
-                busy = sum(process() for process in self.processors)
-                head = (self.runners[0].app.recorder.max_notification_id() or 0) if self.runners else 0
-                busy += sum(runner.run_once(head) for runner in self.runners)
+                head = self._head()
+                page = self._shared_page(head, [*self.runners, *self.processors])
+                executed = sum(process.processed for process in self.processors)
+                busy = sum(process(head, page) for process in self.processors)
+                if sum(process.processed for process in self.processors) != executed:
+                    # the processors wrote events: the runners read past them, to project an event
+                    # and what it caused in the same round
+                    head = self._head()
+                    page = self._shared_page(head, self.runners)
+                busy += sum(runner.run_once(head, page) for runner in self.runners)
                 self._checkpoint()
             except Exception:
                 log.exception("projection batch failed; retrying in 1 s")
@@ -270,6 +288,24 @@ class ProjectorThread:
                 self._projected.set()
             else:
                 self._wake.wait(IDLE_WAIT)
+
+    def _head(self) -> int | None:
+        return (self.runners[0].app.recorder.max_notification_id() or 0) if self.runners else None
+
+    def _shared_page(self, head: int | None, readers: Sequence[Reader]) -> SharedPage | None:
+        """One read of the log for the `readers` standing where most of them stand (all of them,
+        once caught up): a round then costs one page read instead of one per reader, and a
+        command's summary change is committed that much sooner. A reader elsewhere (a new
+        projection catching up) reads its own pages and holds nobody back."""
+        if head is None or not readers:
+            return None
+        standing = Counter(reader.position for reader in readers if reader.position < head)
+        if not standing:
+            return None
+        after = max(standing, key=lambda position: (standing[position], position))
+        at = [reader for reader in readers if reader.position == after]
+        topics = set().union(*(reader.topics for reader in at))
+        return SharedPage.read(self.runners[0].app, after, head, topics, min(reader.batch_size for reader in at))
 
     def _checkpoint(self) -> None:
         """One statement per round: the tracking rows of runners that moved on in memory, and one

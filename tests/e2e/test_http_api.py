@@ -270,6 +270,22 @@ def test_a_forged_token_with_the_right_secret_is_accepted(api: Api) -> None:
     assert ok(response) == []
 
 
+def test_a_token_already_accepted_is_refused_once_it_expires_and_its_altered_copies_never_pass(api: Api) -> None:
+    """The server remembers verified tokens (entrypoints/auth.LineupToken): that must not outlive
+    `exp`, nor let a token whose signature was changed ride on the one that verified."""
+    user = uid("u")
+    token = jwt.encode({"sub": user, "exp": int(time.time()) + 2}, api.server.secret, algorithm="HS256")
+    header, payload, signature = token.split(".")
+    altered = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    assert ok(api.http.get(f"/users/{user}/queue", headers={"Authorization": f"Bearer {token}"})) == []
+    response = api.http.get(f"/users/{user}/queue", headers={"Authorization": f"Bearer {altered}"})
+    assert_error(response, 401, "unauthenticated")
+    while time.time() < jwt.decode(token, options={"verify_signature": False})["exp"] + 0.1:
+        time.sleep(0.1)  # wait for the token's expiry (not a measurement)
+    response = api.http.get(f"/users/{user}/queue", headers={"Authorization": f"Bearer {token}"})
+    assert_error(response, 401, "unauthenticated")
+
+
 def test_a_token_with_only_sub_and_exp_is_accepted(api: Api) -> None:
     """The contract names `sub`, optional `role` and `exp`; `iat` is optional in a JWT (RFC 7519)."""
     user = uid("u")

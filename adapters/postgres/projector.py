@@ -106,6 +106,15 @@ class Reader(Protocol):
     batch_size: int
 
 
+class Processor(Reader, Protocol):
+    """A process answering events with commands (`adapters/processor.EventProcessor`)."""
+
+    processed: int  # commands executed so far
+
+    def __call__(self, head: int | None = None, page: SharedPage | None = None) -> int:
+        """One batch; how many events it read (0: nothing new)."""
+
+
 class BatchWriter(Protocol):
     def flush(self) -> None: ...
 
@@ -223,7 +232,7 @@ class ProjectorThread:
         runners: list[ProjectionRunner[Any]],
         progress: Progress,
         published: Progress,
-        processors: Sequence[Callable[[], int]] = (),
+        processors: Sequence[Processor] = (),
         publishers: Sequence[Publisher] = (),
         *,
         elect: bool = True,

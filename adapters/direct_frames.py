@@ -64,6 +64,16 @@ def _is_send(cell: Any) -> bool:
     return callable(content) and (hasattr(content, "__closure__") or hasattr(content, "__self__"))
 
 
+def _readable(protocol: WebSocketsSansIOProtocol) -> bool:
+    """Whether this uvicorn still has everything `DirectWriter.write` reads."""
+    conn = getattr(protocol, "conn", None)
+    return (
+        all(hasattr(protocol, name) for name in ("close_sent", "writable", "transport"))
+        and conn is not None
+        and all(hasattr(conn, name) for name in ("state", "extensions", "writes"))
+    )
+
+
 class DirectWriter:
     """Writes a connection's text frames to its transport when uvicorn would write them at once."""
 
@@ -82,7 +92,7 @@ class DirectWriter:
         for _ in range(MAX_WRAPPERS + 1):
             protocol = getattr(send, "__self__", None)
             if isinstance(protocol, WebSocketsSansIOProtocol):
-                return cls(protocol)
+                return cls(protocol) if _readable(protocol) else None
             inner = [cell.cell_contents for cell in getattr(send, "__closure__", None) or () if _is_send(cell)]
             if len(inner) != 1:
                 return None

@@ -73,7 +73,7 @@ class EventProcessor:
                 self._execute([], self.position)
             return 0
         shared = page.events_for(self.position, self.topics) if page is not None else None
-        # Only this process's topic crosses the wire (a Stripe payload is a few KB).
+        # Only the readers' topics cross the wire (a Stripe payload is a few KB), once per round.
         notifications, last = shared or topic_page(self.app, self.position, head, [self.topic], self.batch_size)
         commands = [
             command

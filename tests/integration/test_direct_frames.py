@@ -72,3 +72,18 @@ def test_a_connection_that_negotiated_deflate_is_written_through_asgi() -> None:
     outcomes, received = asyncio.run(_exchange(server_deflates=True))
     assert outcomes == [(True, False)]  # its bytes are its own: the direct path declines
     assert received == ["through ASGI", "after"]
+
+
+def test_a_send_that_is_not_uvicorns_finds_no_writer() -> None:
+    async def send(message: dict[str, Any]) -> None:  # another server's, or a middleware's own
+        del message
+
+    def wrapper(inner: Any) -> Any:
+        async def wrapped(message: dict[str, Any]) -> None:
+            await inner(message)
+
+        return wrapped
+
+    assert DirectWriter.of(send) is None
+    assert DirectWriter.of(wrapper(wrapper(send))) is None
+    assert DirectWriter.of(None) is None

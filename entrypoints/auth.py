@@ -38,8 +38,8 @@ class LineupToken(Token):
     """Litestar's Token, but `iat` is optional and `exp` is honoured when present (the contract).
 
     A verified token is remembered, keyed by its exact text, the secret and the algorithm: the
-    same bytes verify the same way, so a client sending its token with every request (or a socket
-    refreshing it) pays PyJWT's decode once, not per request; that decode was a fifth of the HTTP
+    same bytes verify the same way, so a client sending its token with every request pays PyJWT's
+    decode once, not per request (`/ws` does not remember: see `decode`); that decode was a fifth of the HTTP
     process's CPU at 1,000 commands/s (py-spy, `--gil`). `exp` is checked again on every use, `nbf`
     had passed when it was verified, and only tokens that verified are kept, at most
     `VERIFIED_KEPT` (the oldest go first)."""
@@ -48,7 +48,8 @@ class LineupToken(Token):
 
     @classmethod
     def decode(cls, encoded_token: str, secret: str, algorithm: str, **options: Any) -> Self:  # type: ignore[override]
-        if any(options.get(name, plain) != plain for name, plain in PLAIN_OPTIONS.items()):
+        remember = options.pop("remember", True)
+        if not remember or any(options.get(name, plain) != plain for name, plain in PLAIN_OPTIONS.items()):
             return super().decode(encoded_token, secret, algorithm, **options)
         key = (secret, algorithm, encoded_token)
         known = cls._verified.get(key)
@@ -92,9 +93,11 @@ def caller_from(token: Token) -> Caller:
 
 def decode(encoded: str, secret: str) -> tuple[Caller, float]:
     """Verify a token (signature, expiry): who it names and when it expires (epoch seconds).
+    For `/ws`, whose connections send a token once (and again only to refresh it): it is not
+    remembered, which would cost every idle connection the memory of its token.
 
     Raises NotAuthorizedException."""
-    token = LineupToken.decode(encoded, secret, "HS256")
+    token = LineupToken.decode(encoded, secret, "HS256", remember=False)
     return caller_from(token), token.exp.timestamp()
 
 

@@ -124,6 +124,34 @@ def frame(message: Frame) -> str:
     return _encode(message).decode()
 
 
+class SharedSnapshots:
+    """Snapshot reads of this process, one at a time per (query, arguments, since): subscribers
+    arriving together (a creator goes live, thousands of fans connect) share one read instead of
+    each sending the same query. A shared read serves a subscription only if its cursor is at least
+    the one the process had dispatched when that subscription began buffering changes (else changes
+    in between would be in neither); otherwise the subscription reads again for itself."""
+
+    def __init__(self, reader: FeedReader) -> None:
+        self.reader = reader
+        self.reads = 0  # database reads made (for tests and diagnostics)
+        self._inflight: dict[tuple[str, str, int], asyncio.Future[tuple[int, dict[str, Any]]]] = {}
+
+    async def read(self, query: str, args: str, since: int, floor: int) -> tuple[int, dict[str, Any]]:
+        key = (query, args, since)
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = self._inflight[key] = asyncio.ensure_future(self._read(query, args, since))
+            shared.add_done_callback(lambda _: self._inflight.pop(key, None))  # (the one under `key`)
+        cursor, rows = await asyncio.shield(shared)
+        if cursor < floor:
+            cursor, rows = await self._read(query, args, since)
+        return cursor, dict(rows)  # each subscriber brings its own copy forward
+
+    async def _read(self, query: str, args: str, since: int) -> tuple[int, dict[str, Any]]:
+        self.reads += 1
+        return await asyncio.to_thread(self.reader.snapshot, query, args, since)
+
+
 class Closed(Exception):
     """The session has ended (we closed it, or the peer went away)."""
 
@@ -160,10 +188,17 @@ async def close_all_sessions(code: int = CLOSE_GOING_AWAY, reason: str = "server
 class Session:
     """One WebSocket connection: many subscriptions, frames in cursor order, one outbox."""
 
-    def __init__(
-        self, socket: Socket, hub: Hub, reader: FeedReader, verify: Verify, settle: Callable[[bool], None]
+    def __init__(  # noqa: PLR0913
+        self,
+        socket: Socket,
+        hub: Hub,
+        reader: FeedReader,
+        verify: Verify,
+        settle: Callable[[bool], None],
+        snapshots: SharedSnapshots | None = None,
     ) -> None:
         self.socket, self.hub, self.reader, self.verify = socket, hub, reader, verify
+        self.snapshots = snapshots if snapshots is not None else SharedSnapshots(reader)
         self.settle = settle  # blocks until reads reflect every command acknowledged before the call
         # (its argument: whether the query's rows are derived ones, published after the projection)
         self.outbox = Outbox()
@@ -291,7 +326,7 @@ class Session:
         self.subscriptions[message.id] = subscription
         self._since[message.id] = since
         self.hub.add(subscription)  # buffering from now on, before anything is read
-        self._spawn(self._start(subscription, message.after))
+        self._spawn(self._start(subscription, message.after, self.hub.dispatched))
 
     async def _allowed(self, query: str, args: str) -> bool:
         """As each query's `access` says: anyone, the user it names, or the queue's owner; services: all."""
@@ -309,7 +344,8 @@ class Session:
 
     # Snapshots and catch-up -------------------------------------------------------------------
 
-    async def _start(self, subscription: Subscription, after: int | None) -> None:
+    async def _start(self, subscription: Subscription, after: int | None, floor: int) -> None:
+        """`floor`: the cursor this process had dispatched when the subscription began buffering."""
         # a subscription sees the commands acknowledged before it (derived rows: their publication too)
         await asyncio.to_thread(self.settle, LIVE_QUERIES[subscription.query].derived)
         if not await self._allowed(subscription.query, subscription.args):  # (an owner is read after settling)
@@ -320,11 +356,11 @@ class Session:
             return
         if after is not None and await self._resume(subscription, after):
             return
-        await self._snapshot(subscription, reset=after is not None)
+        await self._snapshot(subscription, reset=after is not None, floor=floor)
 
-    async def _snapshot(self, subscription: Subscription, *, reset: bool) -> None:
+    async def _snapshot(self, subscription: Subscription, *, reset: bool, floor: int) -> None:
         since = self._since.get(subscription.id, 0)
-        cursor, rows = await asyncio.to_thread(self.reader.snapshot, subscription.query, subscription.args, since)
+        cursor, rows = await self.snapshots.read(subscription.query, subscription.args, since, floor)
         await self._reach(cursor)
         # No await from here on: nothing can be dispatched in between.
         if self.subscriptions.get(subscription.id) is not subscription:
@@ -437,7 +473,7 @@ class Session:
             subscription.buffer.clear()
         self.outbox.lagging = False
         for subscription in list(self.subscriptions.values()):
-            self._spawn(self._snapshot(subscription, reset=True))
+            self._spawn(self._snapshot(subscription, reset=True, floor=self.hub.dispatched))
 
     def _expired(self) -> None:
         """The token's exp has passed: say so, and close 4401 unless a new auth arrives in time."""

@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from adapters.committer import GroupCommitter
 from adapters.embedded import EmbeddedPostgres
 from adapters.fanout import Hub
+from adapters.gateway import SharedSnapshots
 from adapters.postgres import changes, live_rows
 from adapters.postgres.cleanup import Cleanup
 from adapters.postgres.database import Database
@@ -117,6 +118,7 @@ class Container:
     locks: QueueLocks
     hub: Hub
     feed_reader: FeedReader
+    snapshots: SharedSnapshots
     jwt_secret: str
     projector: ProjectorThread | None = None
     processors: list[EventProcessor] = field(default_factory=list)
@@ -202,7 +204,8 @@ def build(settings: Settings, *, projectors: bool = True, elect: bool = True) ->
             runners=runners,
             locks=locks,
             hub=Hub(),
-            feed_reader=FeedReader(pool),
+            feed_reader=(feed_reader := FeedReader(pool)),
+            snapshots=SharedSnapshots(feed_reader),
             jwt_secret=jwt_secret(settings),
         )
         if projectors:

@@ -54,4 +54,4 @@ async def live(socket: WebSocket[Any, Any, Any], container: Container) -> None:
     def settle(derived: bool) -> None:  # noqa: FBT001 - the gateway's callback
         container.caught_up(derived=derived)
 
-    await Session(_Socket(socket), container.hub, container.feed_reader, verify, settle).run()
+    await Session(_Socket(socket), container.hub, container.feed_reader, verify, settle, container.snapshots).run()

@@ -22,12 +22,26 @@ from typing import TYPE_CHECKING
 from entrypoints.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from multiprocessing.process import BaseProcess
 
 log = logging.getLogger("lineup")
 RESTART_PAUSE = 1.0  # seconds between checks of the child (and before a restart)
 ORPHAN_CHECK = 0.5  # seconds: how soon the child notices that its parent died (kill -9)
 STOP_TIMEOUT = 15.0
+
+
+def stop_processes(processes: Sequence[BaseProcess]) -> None:
+    """SIGTERM to every live one, then wait for each (SIGKILL after `STOP_TIMEOUT`): serve's
+    projector process and its HTTP workers stop the same way."""
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        process.join(timeout=STOP_TIMEOUT)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=STOP_TIMEOUT)
 
 
 def run(env: dict[str, str], parent: int) -> None:
@@ -72,15 +86,8 @@ class ProjectorProcess:
         self._stopping.set()
         if self._supervisor.is_alive():
             self._supervisor.join(timeout=STOP_TIMEOUT)
-        process = self._process
-        if process is None:
-            return
-        if process.is_alive() and process.pid is not None:
-            os.kill(process.pid, signal.SIGTERM)
-        process.join(timeout=STOP_TIMEOUT)
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=STOP_TIMEOUT)
+        if self._process is not None:
+            stop_processes([self._process])
 
     def _spawn(self) -> BaseProcess:
         process = self._context.Process(target=run, args=(self.env, os.getpid()), name="lineup-projector", daemon=False)

@@ -21,11 +21,10 @@ from typing import Any
 import uvicorn
 
 from adapters.gateway import close_all_sessions
-from entrypoints.projector_process import ProjectorProcess
+from entrypoints.projector_process import RESTART_PAUSE, ProjectorProcess, stop_processes
 from entrypoints.settings import Settings
 
 log = logging.getLogger("lineup")
-RESTART_PAUSE = 1.0
 # WebSocket heartbeat: uvicorn pings every socket every 20 s and drops (1011) one that has not answered
 # within LINEUP_WS_PING_TIMEOUT. The ping goes straight to the transport, past the session's outbox,
 # but behind what the kernel and the transport already hold for that client (up to tcp_wmem's maximum,
@@ -134,12 +133,6 @@ def run_workers(count: int, env: dict[str, str], host: str, port: int, log_level
                     workers[index] = start()
     finally:
         projector.stop()
-        for process in workers:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
-        for process in workers:
-            process.join(timeout=15)
-            if process.is_alive():
-                process.kill()
+        stop_processes(workers)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

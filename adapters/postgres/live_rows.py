@@ -9,13 +9,18 @@ transaction. It runs on its own thread in the projecting process, woken by each 
 
 Every publication rewrites all of a queue's rows (each estimated time moves with the queue's
 latest event), so under load publications are coalesced: a queue is published at most once per
-max(`MIN_SPACING`, W / `ROWS_PER_SECOND`) seconds, W being the waiting entries of all dirty queues,
-which bounds the rows rewritten per second however many and however long the queues are.
-Measured: republishing five ~500-entry queues after every round kept the publication statement
-active in 90 of 150 samples of pg_stat_activity at 1,000 commands/s (2026-12-01); publishing a
-25k-entry queue every second cut joins/s in half (an earlier session). The first change after a quiet
-spell is published at once (the spacing counts from the last publication), so a quiet queue's
-subscribers see it move immediately, a busy one's at that rate.
+max(`MIN_SPACING`, min(`MAX_SPACING`, W x c / `DUTY`)) seconds, W being the waiting entries of all dirty queues and c
+the measured seconds a publication takes per waiting entry (a moving average). So publishing takes
+at most about `DUTY` of the time, however many and however long the queues are and however fast
+the machine: while a publication writes its feed rows it holds the feed head, which the
+projector's summary changes wait for. Measured: republishing five ~500-entry queues after every
+round kept the publication statement active in 90 of 150 samples of pg_stat_activity at 1,000
+commands/s (2026-12-01); with the rule before this one, a fixed 4,000 waiting entries per second,
+PostgreSQL used 7.9 s of CPU in a 10 s run at 100 commands/s on a slower machine (4.6-4.9 s with
+this rule), and summary frames waited behind it: commit -> socket p50 18-20 ms, 7-9 ms with this
+rule (docs/benchmarks.md). The first change after a quiet spell is published at once
+(the spacing counts from the last publication), so a quiet queue's subscribers see it move
+immediately, a busy one's at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.
 """
 
@@ -33,7 +38,9 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 MIN_SPACING = 0.1  # seconds between two publications of one queue, at least
-ROWS_PER_SECOND = 4000  # waiting entries republished per second, all queues together, at most
+MAX_SPACING = 10.0  # ... and at most, whatever they cost (a 25k-entry queue still moves every 10 s)
+DUTY = 0.1  # the share of the time publications may take
+FIRST_COST = 25e-6  # seconds per waiting entry assumed until a publication has been timed
 
 DDL = """
 CREATE TABLE IF NOT EXISTS live_rows (
@@ -123,6 +130,12 @@ SELECT n FROM counted
 """
 
 
+def publication_spacing(waiting: int, cost: float) -> float:
+    """Seconds between two publications of a queue when the dirty queues hold `waiting` entries
+    and a publication costs `cost` seconds per entry: publishing them all takes `DUTY` of it."""
+    return min(MAX_SPACING, max(MIN_SPACING, waiting * cost / DUTY))
+
+
 class LiveRowsPublisher:
     """Runs on the projecting process's publisher thread (`ProjectorThread._publish`), beside the rounds."""
 
@@ -130,6 +143,7 @@ class LiveRowsPublisher:
         self.pool = pool
         self._published_at: dict[UUID, float] = {}
         self._held_back: int | None = None
+        self.cost = FIRST_COST  # seconds per waiting entry, a moving average over publications
 
     def __call__(self) -> int:
         """Publish every dirty queue that is due; returns how many changes went on the feed."""
@@ -139,7 +153,7 @@ class LiveRowsPublisher:
                 " FROM (SELECT queue_id, min(position) AS position FROM live_dirty GROUP BY queue_id) d"
                 " JOIN queue_summary s ON s.queue_id = d.queue_id ORDER BY d.queue_id"
             ).fetchall()
-        spacing = max(MIN_SPACING, sum(row["waiting"] for row in dirty) / ROWS_PER_SECOND)
+        spacing = publication_spacing(sum(row["waiting"] for row in dirty), self.cost)
         total, held_back = 0, []
         for row in dirty:
             queue_id = row["queue_id"]
@@ -147,8 +161,10 @@ class LiveRowsPublisher:
             if last is not None and time.monotonic() - last < spacing:
                 held_back.append(row["position"])  # stays dirty: a later pass publishes it
                 continue
+            began = time.monotonic()
             total += self.publish(queue_id)
-            self._published_at[queue_id] = time.monotonic()
+            self._published_at[queue_id] = done = time.monotonic()
+            self.cost += 0.2 * ((done - began) / max(1, row["waiting"]) - self.cost)
         now = time.monotonic()  # forget what no longer holds a queue back: the map stays small
         self._published_at = {q: at for q, at in self._published_at.items() if now - at < spacing}
         self._held_back = min(held_back, default=None)

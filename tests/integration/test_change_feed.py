@@ -167,12 +167,12 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
         e.estimated_time for e in listed if e.status == "waiting"
     ]
 
-    monkeypatch.setattr(live_rows, "ROWS_PER_SECOND", 1)  # 3 waiting: at most every 3 s
+    monkeypatch.setattr(live_rows, "DUTY", publisher.cost / 3)  # 3 waiting: at most every 9 s
     container.queues.execute([JoinQueue("q", Caller("d"), "entry-d")], 4_000)
     container.runners[0].catch_up()
-    assert publisher() == 0  # published less than 3 s ago: wait
+    assert publisher() == 0  # published less than 9 s ago: wait
     assert publisher.held_back() == container.queues.recorder.max_notification_id()  # the join's position
-    monkeypatch.setattr(live_rows, "ROWS_PER_SECOND", 1_000_000)  # spacing: MIN_SPACING
+    monkeypatch.setattr(live_rows, "DUTY", 1_000_000.0)  # spacing: MIN_SPACING
     time.sleep(live_rows.MIN_SPACING)
     assert publisher() > 0  # due now: the waiting mark was kept
     assert publisher.held_back() is None

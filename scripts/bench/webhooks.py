@@ -14,6 +14,9 @@
    the fixture events (account.updated, payment_intent.succeeded, payment_intent.payment_failed) with
    fresh ids, `created` and a `lineup_user_id`; a --duplicates fraction of the sends repeats an event the
    same connection already sent (re-signed with a fresh timestamp, as Stripe does on a retry).
+   Before it, unless --no-floor, the same senders drive the HTTP floor (scripts/bench/httpfloor.py): a
+   bare ASGI app on uvicorn that reads each body and answers 200, nothing else. Its p99 is what the
+   HTTP stack, the senders and the shared cores cost alone; Lineup's p99 is printed beside it.
 3. Prints accepted/s (200 answers, new and duplicate), p50/p99 latency, the ratio to the baseline, how
    long the server took afterwards to finish processing (every projection's lag back to 0), and checks
    in SQL that the log holds exactly one received Stripe event per distinct id that was answered 200.
@@ -46,6 +49,7 @@ from typing import Any
 import pgbaseline
 import psycopg
 from commands import code_version, command_line, drop_schema, run_baseline
+from httpfloor import Floor
 from httpload import _read_response, percentile
 from server import Server, free_port, machine_busy, postgres_cpu, tree_cpu
 
@@ -80,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="paced sends/s over all senders (0: each sender sends as soon as its previous answer arrived)",
     )
     parser.add_argument("--workers", type=int, default=1, help="LINEUP_WORKERS for the server")
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first drive a bare ASGI app on uvicorn with the same senders (the HTTP floor)",
+    )
     parser.add_argument("--port", type=int, default=0, help="port for `lineup serve` (default: a free one)")
     parser.add_argument("--fixtures", type=Path, default=FIXTURES, help="directory of the Stripe fixture events")
     args = parser.parse_args(argv)
@@ -364,7 +374,11 @@ def recorded_stripe_events(url: str, schema: str) -> tuple[int, int]:
 
 
 def report(
-    args: argparse.Namespace, baseline: pgbaseline.BaselineResult, runs: list[Any], project: dict[str, Any]
+    args: argparse.Namespace,
+    baseline: pgbaseline.BaselineResult,
+    runs: list[Any],
+    project: dict[str, Any],
+    floor: dict[str, Any] | None,
 ) -> dict[str, Any]:
     load: Load = project["load"]
     ratio = load.rate / baseline.tps if baseline.tps else 0.0
@@ -388,6 +402,15 @@ def report(
         f" {load.p50_ms:.1f} / {load.p99_ms:.1f}"
         f" / {load.max_ms:.1f} ms  (p99 target <= {TARGET_P99_MS:g} ms: {'met' if p99_met else 'NOT met'})",
         f"  errors:                                                  {sum(load.errors.values())} {load.errors or ''}",
+        *(
+            [
+                f"  HTTP floor (bare ASGI app on uvicorn, same senders): {floor['load'].rate:,.0f}/s, p50 / p99"
+                f" {floor['load'].p50_ms:.1f} / {floor['load'].p99_ms:.1f} ms, floor server"
+                f" {floor['server_cores']} cores; Lineup p99 / floor p99: {load.p99_ms / floor['load'].p99_ms:.2f}"
+            ]
+            if floor and floor["load"].p99_ms
+            else []
+        ),
         f"  ratio accepted/s / raw tx/s:                             {ratio:.3f}",
         f"  received Stripe events in the log / distinct ids accepted: {project['recorded']:,}"
         f" ({project['recorded_ids']:,} distinct) / {load.distinct_accepted:,}"
@@ -432,6 +455,15 @@ def report(
         "drained_s": None if drained is None else round(drained, 2),
         "senders": load.senders,
         "cpu": cpu,
+        "floor": None
+        if floor is None
+        else {
+            "accepted_per_s": round(floor["load"].rate, 1),
+            "p50_ms": round(floor["load"].p50_ms, 2),
+            "p99_ms": round(floor["load"].p99_ms, 2),
+            "errors": floor["load"].errors,
+            "server_cores": floor["server_cores"],
+        },
     }
 
 
@@ -451,6 +483,18 @@ def measure(args: argparse.Namespace, server: Server, secret: str) -> dict[str, 
     return {"load": load, "cpu": cpu, "drained_s": wait_drained(server)}
 
 
+def measure_floor(args: argparse.Namespace, secret: str) -> dict[str, Any]:
+    print("HTTP floor: a bare ASGI app on uvicorn, the same senders ...", flush=True)
+    floor = Floor.start(HOST, free_port(HOST))
+    try:
+        before = tree_cpu(floor.pid)
+        load = run_senders(args, floor.port, secret)
+        cores = round((tree_cpu(floor.pid) - before) / load.seconds, 2)
+    finally:
+        floor.stop()
+    return {"load": load, "server_cores": cores}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     templates(args.fixtures)  # fail early without fixtures
@@ -463,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         pgbaseline.create_scratch_table(args.database_url, schema)
         baseline, runs = run_baseline(args, schema)
         pgbaseline.drop_scratch_table(args.database_url, schema)
+        floor = measure_floor(args, webhook_secret) if args.floor else None
         port = args.port or free_port(HOST)
         os.environ["LINEUP_WORKERS"] = str(args.workers)  # Server.start passes the environment on
         os.environ["STRIPE_WEBHOOK_SECRET"] = webhook_secret
@@ -477,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         project["recorded"], project["recorded_ids"] = recorded_stripe_events(args.database_url, schema)
         load = project["load"]
         project["exactly_once"] = project["recorded"] == project["recorded_ids"] == load.distinct_accepted
-        summary = report(args, baseline, runs, project)
+        summary = report(args, baseline, runs, project, floor)
         print(json.dumps(summary), flush=True)
         return 0 if project["exactly_once"] else 1
     except Exception:

@@ -9,18 +9,18 @@ transaction. It runs on its own thread in the projecting process, woken by each 
 
 Every publication rewrites all of a queue's rows (each estimated time moves with the queue's
 latest event), so under load publications are coalesced: a queue is published at most once per
-max(`MIN_SPACING`, min(`MAX_SPACING`, W x c / `DUTY`)) seconds, W being the waiting entries of all dirty queues and c
-the measured seconds a publication takes per waiting entry (a moving average). So publishing takes
-at most about `DUTY` of the time, however many and however long the queues are and however fast
-the machine: while a publication writes its feed rows it holds the feed head, which the
-projector's summary changes wait for. Measured: republishing five ~500-entry queues after every
-round kept the publication statement active in 90 of 150 samples of pg_stat_activity at 1,000
-commands/s (2026-12-01); with the rule before this one, a fixed 4,000 waiting entries per second,
-PostgreSQL used 7.9 s of CPU in a 10 s run at 100 commands/s on a slower machine (4.6-4.9 s with
-this rule), and summary frames waited behind it: commit -> socket p50 18-20 ms, 7-9 ms with this
-rule (docs/benchmarks.md). The first change after a quiet spell is published at once
-(the spacing counts from the last publication), so a quiet queue's subscribers see it move
-immediately, a busy one's at that rate.
+max(`MIN_SPACING`, min(`MAX_SPACING`, W x c / `DUTY`)) seconds, W being the waiting entries of all
+dirty queues and c the measured seconds a publication takes per waiting entry (a moving average).
+So publishing takes at most about `DUTY` of the time, however many and however long the queues are
+and however fast the machine: while a publication writes its feed rows it holds the feed head,
+which the projector's summary changes wait for. Measured: republishing five ~500-entry queues after
+every round kept the publication statement active in 90 of 150 samples of pg_stat_activity at
+1,000 commands/s (2026-12-01); with the rule before this one, a fixed 4,000 waiting entries per
+second, PostgreSQL used 7.9 s of CPU in a 10 s run at 100 commands/s on a slower machine (4.6-4.9 s
+with this rule), and summary frames waited behind it: commit -> socket p50 18-20 ms, 7-9 ms with
+this rule (docs/benchmarks.md). The first change after a quiet spell is published at once (the
+spacing counts from the last publication), so a quiet queue's subscribers see it move immediately,
+a busy one's at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.
 """
 

@@ -145,6 +145,7 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
     container.runners[0].catch_up()
     start = feed.head()
     assert publisher() == 6  # three rows, each for queue.event and queue.user
+    assert publisher.cost != live_rows.FIRST_COST  # timed: the spacing follows what publishing costs here
     published = feed.after(start)
     assert {(row["query"], row["args"]) for row in published} == {
         ("queue.event", "q"),

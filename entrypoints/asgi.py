@@ -13,4 +13,4 @@ def worker_app() -> StripeWebhookPath:
     The projections run in `lineup serve`'s projector process, not here."""
     container = build(Settings.from_env(), elect=False)
     container.start()
-    return StripeWebhookPath(create_app(container), container)
+    return StripeWebhookPath(create_app(container, freeze_heap=True), container)

@@ -108,7 +108,7 @@ def serve() -> None:
         container.start()
         projector.start()
         config = server_config(
-            StripeWebhookPath(create_app(container), container),
+            StripeWebhookPath(create_app(container, freeze_heap=True), container),
             settings.log_level,
             settings.ws_ping_timeout,
             host=settings.host,

@@ -29,6 +29,7 @@ from domain.queue import EntryView, QueueSummary
 from entrypoints.auth import jwt_auth, require_self
 from entrypoints.bootstrap import Container
 from entrypoints.errors import EXCEPTION_HANDLERS
+from entrypoints.heap import freeze_startup_heap
 from entrypoints.notifications_api import notifications_of_user, send_notification
 from entrypoints.ops import health, metrics, ready
 from entrypoints.stripe_api import link_account, payments_of_user, stripe_account_of_user, stripe_webhook
@@ -172,7 +173,7 @@ def user_queue(user_id: str, request: CallerRequest, container: Container) -> li
     return [entry_out(entry) for entry in container.reader.user_entries(user_id)]
 
 
-def create_app(container: Container) -> Litestar:
+def create_app(container: Container, *, freeze_heap: bool = False) -> Litestar:
     """The ASGI app over a built container (the caller owns the container's lifetime)."""
     auth = jwt_auth(container.jwt_secret)
     follower = FeedFollower(container.database, container.hub)
@@ -201,7 +202,7 @@ def create_app(container: Container) -> Litestar:
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), JsonRenderPlugin()],
         ),
-        on_startup=[follower.start],
+        on_startup=[follower.start, *([freeze_startup_heap] if freeze_heap else [])],
         on_shutdown=[follower.stop, container.close],
         debug=False,
     )

@@ -19,6 +19,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
+from entrypoints.heap import freeze_startup_heap
 from entrypoints.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def run(env: dict[str, str], parent: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     container = build(settings)
+    freeze_startup_heap()
     try:
         if container.projector is not None:
             container.projector.start()

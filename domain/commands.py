@@ -197,6 +197,11 @@ class Workspace(Protocol):
     def add(self, aggregate: Aggregate) -> None:
         """A new or changed aggregate to save with the batch."""
 
+    def recorded(self, aggregate_id: UUID) -> bool:
+        """Whether an immutable record (e.g. a Stripe event) with this id is stored or in the batch;
+        optimistic like `get`: a record this process has never seen may be taken as new, and the
+        save then collides and the batch runs again reading the store."""
+
 
 def stripe_policy(received: StripeEvent.Received) -> ProcessStripeEvent | None:
     """What a recorded Stripe event asks for: its fact applied (None: a type Lineup ignores).
@@ -269,7 +274,7 @@ def apply_queue_command(queue: Queue | None, command: QueueCommand, at: int) -> 
 
 def _record_stripe_event(workspace: Workspace, command: RecordStripeEvent, at: int) -> Recorded:
     stripe_id = command.envelope.id
-    if workspace.get(stripe_event_id_for(stripe_id), optimistic=True) is not None:
+    if workspace.recorded(stripe_event_id_for(stripe_id)):
         return Recorded(stripe_id, duplicate=True)
     workspace.add(StripeEvent.receive(command.envelope, command.payload, at))
     return Recorded(stripe_id, duplicate=False)

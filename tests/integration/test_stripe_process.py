@@ -105,3 +105,29 @@ def test_expired_notifications_are_deleted_and_subscribers_told(settings: Settin
         "key": notification["notification_id"],
         "op": "remove",
     }
+
+
+def test_a_duplicate_recorded_by_another_process_is_answered_as_one(settings: Settings, container: Container) -> None:
+    """A second process (its own event store instance) has never seen the event: its first attempt
+    takes it as new, the append collides, and the batch runs again reading the store."""
+    from domain.commands import Recorded
+    from entrypoints.bootstrap import event_store
+
+    delivery = payment("evt_elsewhere", "fan1", succeeded=True, created=300)
+    record(container, [delivery])
+    other = event_store(settings, container.database)
+    try:
+        again = RecordStripeEvent(StripeEnvelope.read(delivery), json.dumps(delivery))
+        executed = other.execute([again, again], 2_000)  # twice in one batch, too
+        assert executed.outcomes == [Recorded("evt_elsewhere", duplicate=True)] * 2
+        assert executed.position is None  # nothing appended
+        assert other.execute([again], 3_000).outcomes == [Recorded("evt_elsewhere", duplicate=True)]
+    finally:
+        other.close()
+    with container.database.connect() as conn:
+        rows = conn.execute(
+            f"SELECT count(*) AS n FROM {container.queues.recorder.events_table_name}"  # type: ignore[attr-defined]
+            " WHERE topic LIKE %s",
+            ("%StripeEvent.Received%",),
+        ).fetchone()
+    assert rows == {"n": 1}

@@ -7,6 +7,13 @@ hand to the group committer) is small and the server runs on one GIL beside the 
 answer itself comes from the same function as the Litestar route (`stripe_api.accept_webhook`),
 with the same body limit and the same JSON errors; every other request, other methods on this
 path included, goes to Litestar unchanged.
+
+The answer leaves in one write. uvicorn writes a response's head when it is started and its body
+when it is sent, two `send` calls on the loopback socket per webhook; while this path sends its
+answer, uvicorn's transport is stood in for by one that joins the two (`OneWrite`): uvicorn's own
+state, keep-alive and `Connection: close` handling run unchanged. Measured alternating (1 worker,
+32 senders, unpaced, four pairs): 1,295 / 1,258 / 1,197 / 1,398 accepted/s against 1,111 / 1,068 /
+1,209 / 1,155, ~13 % more on average (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -59,8 +66,44 @@ class StripeWebhookPath:
             status, answer = 500, FAILED
         content = _encode(answer)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        cycle: Any = getattr(send, "__self__", None)  # uvicorn's RequestResponseCycle, when send is its method
+        transport = getattr(cycle, "transport", None)
+        if cycle is None or transport is None or not callable(getattr(transport, "write", None)):
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+            return
+        one = cycle.transport = OneWrite(transport)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+        finally:
+            cycle.transport = transport
+            one.flush()
+
+
+class OneWrite:
+    """Stands in for a transport while one answer is sent: what is written goes out as one write,
+    when the answer is done (`flush`) or before the connection is closed."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        if self._parts:
+            data = b"".join(self._parts)
+            self._parts.clear()
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 async def _body(scope: Scope, receive: Receive) -> bytes | None:

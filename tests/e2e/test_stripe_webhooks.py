@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import socket
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -808,7 +809,39 @@ def test_a_subscribed_user_sees_the_toast_once(server: LineupServer, client: htt
         service = await connect(server, "backend", role="service")
         snapshot = await subscribe(service, "a", "stripe.account", {"user_id": user})
         assert snapshot["rows"] == [account_of(server, client, user)]
-        for socket in (ws, intruder, service):
-            await socket.close()
+        for connection in (ws, intruder, service):
+            await connection.close()
 
     asyncio.run(scenario())
+
+
+def _raw_post(sock: socket.socket, delivery: fx.Delivery, *, close: bool) -> None:
+    head = [f"POST {fx.WEBHOOK_PATH} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(delivery.body)}"]
+    head += [f"{name}: {value}" for name, value in delivery.headers.items()]
+    head += ["Connection: close"] if close else []
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + delivery.body)
+
+
+def _raw_answer(stream: Any) -> tuple[int, dict[str, str], Any]:
+    status = int(stream.readline().split()[1])
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, json.loads(stream.read(int(headers["content-length"])))
+
+
+def test_answers_over_one_kept_alive_connection_then_one_that_closes(server: LineupServer) -> None:
+    """The fast path writes each answer in one piece (entrypoints/webhook_path.py): a keep-alive
+    connection gets every answer whole and in order, and with `Connection: close` the answer still
+    arrives, complete, before the server closes the connection."""
+    event = fx.payment_event(fx.PAYMENT_SUCCEEDED, payment_id=fx.new_id("pi"), created=int(time.time()))
+    first, again = fx.delivery(event, SECRET), fx.delivery(event, OLD_SECRET)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+        stream = sock.makefile("rb")
+        _raw_post(sock, first, close=False)
+        assert _raw_answer(stream)[::2] == (200, {"received": True, "duplicate": False})
+        _raw_post(sock, again, close=True)
+        status, headers, answer = _raw_answer(stream)
+        assert (status, headers["connection"], answer) == (200, "close", {"received": True, "duplicate": True})
+        assert stream.read() == b""  # then the server closed it

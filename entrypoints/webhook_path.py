@@ -1,4 +1,4 @@
-"""The Stripe webhook answered in front of Litestar: the one path where the framework was the cost.
+"""In front of Litestar: the Stripe webhook answered here, and every HTTP answer written in one piece.
 
 Measured with scripts/bench/webhooks.py (one worker, 32 senders): answering
 `POST /api/webhooks/stripe-connect` here, before Litestar's router, middleware, request and
@@ -6,14 +6,15 @@ response objects, raised accepted webhooks/s by about half, because a webhook's 
 hand to the group committer) is small and the server runs on one GIL beside the projectors. The
 answer itself comes from the same function as the Litestar route (`stripe_api.accept_webhook`),
 with the same body limit and the same JSON errors; every other request, other methods on this
-path included, goes to Litestar unchanged.
+path included, goes to Litestar (its answer written as below).
 
-The answer leaves in one write. uvicorn writes a response's head when it is started and its body
-when it is sent, two `send` calls on the loopback socket per webhook; while this path sends its
-answer, uvicorn's transport is stood in for by one that joins the two (`OneWrite`): uvicorn's own
-state, keep-alive and `Connection: close` handling run unchanged. Measured alternating (1 worker,
-32 senders, unpaced, four pairs): 1,295 / 1,258 / 1,197 / 1,398 accepted/s against 1,111 / 1,068 /
-1,209 / 1,155, ~13 % more on average (docs/benchmarks.md).
+Every HTTP answer leaves in one write, the webhook's and Litestar's alike. uvicorn writes a
+response's head when it is started and its body when it is sent, two `send` calls on the loopback
+socket per answer; `JoinedSend` stands in for uvicorn's transport from the head to the first body
+part and joins them, while uvicorn's own state, keep-alive and `Connection: close` handling run
+unchanged. Measured alternating (1 worker, docs/benchmarks.md): webhooks, 32 senders, four pairs,
+~13 % more accepted per second on average; joins (scripts/bench/commands.py), three pairs, 1,077 /
+1,029 / 881 joins/s against 978 / 1,007 / 773.
 """
 
 from __future__ import annotations
@@ -44,15 +45,26 @@ FAILED = error_body("internal_error", "the server failed to handle this request;
 
 
 class StripeWebhookPath:
-    """ASGI: POST to the webhook path is answered here; everything else goes to `app`."""
+    """ASGI: POST to the webhook path is answered here; everything else goes to `app`; every HTTP
+    answer is sent through `JoinedSend`."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], container: Container) -> None:
         self.app, self.container = app, container
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        joined = JoinedSend(send)
+        try:
+            if scope["path"] != PATH or scope["method"] != "POST":
+                await self.app(scope, receive, joined)
+            else:
+                await self._webhook(scope, receive, joined)
+        finally:
+            joined.finish()
+
+    async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
         status: int
         answer: object
         try:
@@ -66,19 +78,44 @@ class StripeWebhookPath:
             status, answer = 500, FAILED
         content = _encode(answer)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
-        cycle: Any = getattr(send, "__self__", None)  # uvicorn's RequestResponseCycle, when send is its method
-        transport = getattr(cycle, "transport", None)
-        if cycle is None or transport is None or not callable(getattr(transport, "write", None)):
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+class JoinedSend:
+    """An ASGI `send` over uvicorn's that writes a response's head together with its first body
+    part. From the head until that part is sent, uvicorn's transport is stood in for by `OneWrite`
+    (installed only then, so that a `100 Continue` uvicorn writes while the body is read is not
+    held back); later parts go out as uvicorn writes them. Without uvicorn's cycle (`send` is its
+    bound method) it passes messages through. `finish()` puts uvicorn's transport back in any case."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._cycle: Any = getattr(send, "__self__", None)  # uvicorn's RequestResponseCycle
+        self._transport = getattr(self._cycle, "transport", None)
+        self._one: OneWrite | None = None
+        if self._transport is not None and not callable(getattr(self._transport, "write", None)):
+            self._transport = None
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self._transport is not None and message["type"] == "http.response.start" and self._one is None:
+            self._one = self._cycle.transport = OneWrite(self._transport)
+            try:
+                await self._send(message)
+            except BaseException:
+                self.finish()
+                raise
             return
-        one = cycle.transport = OneWrite(transport)
         try:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
+            await self._send(message)
         finally:
-            cycle.transport = transport
-            one.flush()
+            if message["type"] == "http.response.body":
+                self.finish()
+
+    def finish(self) -> None:
+        if self._one is not None:
+            self._cycle.transport = self._transport
+            self._one.flush()
 
 
 class OneWrite:

@@ -832,15 +832,18 @@ def _raw_answer(stream: Any) -> tuple[int, dict[str, str], Any]:
 
 
 def test_answers_over_one_kept_alive_connection_then_one_that_closes(server: LineupServer) -> None:
-    """The fast path writes each answer in one piece (entrypoints/webhook_path.py): a keep-alive
-    connection gets every answer whole and in order, and with `Connection: close` the answer still
-    arrives, complete, before the server closes the connection."""
+    """Answers are written in one piece (entrypoints/webhook_path.py), the webhook's and Litestar's:
+    a keep-alive connection gets every answer whole and in order, and with `Connection: close` the
+    answer still arrives, complete, before the server closes the connection."""
     event = fx.payment_event(fx.PAYMENT_SUCCEEDED, payment_id=fx.new_id("pi"), created=int(time.time()))
     first, again = fx.delivery(event, SECRET), fx.delivery(event, OLD_SECRET)
     with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
         stream = sock.makefile("rb")
         _raw_post(sock, first, close=False)
         assert _raw_answer(stream)[::2] == (200, {"received": True, "duplicate": False})
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # through Litestar
+        status, headers, _ = _raw_answer(stream)
+        assert (status, headers["content-type"]) == (200, "application/json")
         _raw_post(sock, again, close=True)
         status, headers, answer = _raw_answer(stream)
         assert (status, headers["connection"], answer) == (200, "close", {"received": True, "duplicate": True})

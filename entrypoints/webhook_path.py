@@ -87,7 +87,8 @@ class JoinedSend:
     part. From the head until that part is sent, uvicorn's transport is stood in for by `OneWrite`
     (installed only then, so that a `100 Continue` uvicorn writes while the body is read is not
     held back); later parts go out as uvicorn writes them. Without uvicorn's cycle (`send` is its
-    bound method) it passes messages through. `finish()` puts uvicorn's transport back in any case."""
+    bound method) it passes messages through. The caller calls `finish()` when the app is done: it
+    puts uvicorn's transport back (and sends what it holds) whatever happened."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
@@ -100,12 +101,6 @@ class JoinedSend:
     async def __call__(self, message: dict[str, Any]) -> None:
         if self._transport is not None and message["type"] == "http.response.start" and self._one is None:
             self._one = self._cycle.transport = OneWrite(self._transport)
-            try:
-                await self._send(message)
-            except BaseException:
-                self.finish()
-                raise
-            return
         try:
             await self._send(message)
         finally:

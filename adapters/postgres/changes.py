@@ -47,6 +47,16 @@ COLUMNS = "SELECT cursor, query, args, key, op, row FROM change_feed"
 PAGE = COLUMNS + " WHERE cursor > %s ORDER BY cursor LIMIT %s"  # every query's changes, after a cursor
 
 
+# Statements that look rows up by a set of keys (`= ANY(%s)`) run unprepared (`prepare=False`), so
+# PostgreSQL plans each execution for its keys and the table as it is now. Prepared, psycopg makes
+# them server-side statements after 5 runs and PostgreSQL soon keeps one generic plan, made while
+# the table was small: a sequential scan, kept for the life of the connection unless an ANALYZE
+# invalidates it (never, with autovacuum off). Measured (auto_explain, 1,000 webhooks/s): the
+# payments and notifications lookups seq-scanned ~5,000 rows in every projection round, 4.3 ms a
+# statement and growing with the tables; each round publishes a few dozen keys.
+UNPREPARED = False
+
+
 def publish(select: str, ctes: str = "") -> str:
     """One statement that appends the rows of `select` (columns query, args, key, op, row, ord) to
     the feed, numbered by `ord` right after the head, and moves the head past exactly them: no

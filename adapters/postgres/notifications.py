@@ -91,7 +91,7 @@ class PostgresNotificationsWriter(NotificationsWriter):
 
     def flush(self) -> None:
         if self._created:
-            self.cursor.execute(PUBLISH, {"ids": self._created})
+            self.cursor.execute(PUBLISH, {"ids": self._created}, prepare=changes.UNPREPARED)
             self.cursor.execute(changes.NOTIFY)
             self._created = []
 
@@ -109,7 +109,7 @@ class NotificationsReader:
 def delete_expired(pool: ConnectionPool[psycopg.Connection[Any]], now: int | None = None) -> int:
     """Delete every expired notification, telling subscribers (`remove`); returns how many went."""
     with pool.connection() as conn, conn.transaction():
-        cursor = conn.execute(EXPIRE, {"now": now or epoch_ms()})
+        cursor = conn.execute(EXPIRE, {"now": now or epoch_ms()}, prepare=changes.UNPREPARED)
         removed = cursor.rowcount
         if removed:
             conn.execute(changes.NOTIFY)

@@ -157,7 +157,7 @@ class PostgresQueuesWriter(QueuesWriter):
             self.cursor.execute("UPDATE queue_summary SET last_event_at = %s WHERE queue_id = %s", (at, queue_id))
         queue_ids = sorted(self._touched)
         self.cursor.execute(changes.ADVANCE, {"n": len(queue_ids)})
-        self.cursor.execute(SUMMARY_CHANGES, {"n": len(queue_ids), "ids": queue_ids})
+        self.cursor.execute(SUMMARY_CHANGES, {"n": len(queue_ids), "ids": queue_ids}, prepare=changes.UNPREPARED)
         self.cursor.execute(changes.NOTIFY)
         marks = [self._first[queue_id] for queue_id in queue_ids]
         self.cursor.execute(live_rows.MARK_DIRTY, (queue_ids, marks))  # their entry rows: see live_rows.py

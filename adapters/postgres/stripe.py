@@ -145,6 +145,7 @@ class PostgresStripeWriter(StripeWriter):
                 "accounts": sorted(self._accounts),
                 "payments": sorted(self._payments),
             },
+            prepare=changes.UNPREPARED,
         )
         self.cursor.execute(changes.NOTIFY)
         self._accounts, self._payments, self._unlinked = set(), set(), []

@@ -359,7 +359,8 @@ class ProjectorThread:
         while not self._stop.is_set():
             try:
                 with self.database.connect(application_name=projector_application()) as conn:
-                    conn.execute(f'LISTEN "{self.channel}"')
+                    if self.elect:  # a process that only follows has no rounds to wake for new events
+                        conn.execute(f'LISTEN "{self.channel}"')
                     conn.execute(f"LISTEN {PROGRESS_CHANNEL}")
                     self._follow(conn)
             except Exception:

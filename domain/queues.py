@@ -158,7 +158,11 @@ class Queues(Application[Any]):
         if not batch.touched and tracking is None:
             return Executed(outcomes, None)  # every command refused or a duplicate: nothing to save
         processing: ProcessingEvent[UUID] = ProcessingEvent(tracking)
-        processing.collect_events(*batch.touched.values())
+        for aggregate_id, aggregate in batch.touched.items():
+            # what `processing.collect_events(*aggregates)` does, without its isinstance checks against
+            # runtime-checkable Protocols: 3.6 % of the HTTP process's GIL time under webhooks (py-spy)
+            processing.events.extend(aggregate.collect_events())
+            processing.aggregates[aggregate_id] = aggregate
         recordings = self._record(processing)
         self._notify(recordings)
         for aggregate_id, aggregate in batch.touched.items():

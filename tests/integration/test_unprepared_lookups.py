@@ -7,9 +7,11 @@ statement with ~5,000 notifications, growing with the table). See `changes.UNPRE
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from adapters.postgres.notifications import PostgresNotificationsWriter
+from adapters.postgres.queues import PostgresQueuesWriter
 from adapters.postgres.stripe import PostgresStripeWriter
 
 if TYPE_CHECKING:
@@ -25,6 +27,12 @@ def test_key_set_lookups_of_many_rounds_leave_no_prepared_statement(container: C
                 notes = PostgresNotificationsWriter(cursor, ttl_ms=60_000)
                 notes.position = round_
                 stripe = PostgresStripeWriter(cursor)
+                queues = PostgresQueuesWriter(cursor)
+                queues.position = round_
+                queue_id = uuid.uuid5(uuid.NAMESPACE_URL, f"queue-{round_}")
+                queues.queue_opened(
+                    queue_id, f"event-{round_}", "owner", "Q", None, 60_000, requires_payment=False, at=1_000
+                )
                 for n in range(3):
                     notes.notification_created(f"n{round_}-{n}", "fan", "promo", {"n": n}, 1_000 + round_)
                     stripe.account_registered(f"acct_{round_}_{n}")
@@ -41,6 +49,7 @@ def test_key_set_lookups_of_many_rounds_leave_no_prepared_statement(container: C
                     )
                 notes.flush()
                 stripe.flush()
+                queues.flush()
         prepared = [row["statement"] for row in conn.execute("SELECT statement FROM pg_prepared_statements")]
         published = conn.execute("SELECT query, count(*) AS n FROM change_feed GROUP BY query ORDER BY query")
         counts = {row["query"]: row["n"] for row in published}
@@ -49,4 +58,9 @@ def test_key_set_lookups_of_many_rounds_leave_no_prepared_statement(container: C
     assert any(statement.startswith("INSERT INTO notifications") for statement in prepared)
     # ... the lookups by key set are not, and they did publish every row
     assert [statement for statement in prepared if "ANY(" in statement] == []
-    assert counts == {"notifications.user": 3 * ROUNDS, "payments.user": 3 * ROUNDS, "stripe.account": 3 * ROUNDS}
+    assert counts == {
+        "notifications.user": 3 * ROUNDS,
+        "payments.user": 3 * ROUNDS,
+        "queue.summary": ROUNDS,
+        "stripe.account": 3 * ROUNDS,
+    }

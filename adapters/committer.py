@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Answer = tuple["Outcome | QueueError", "int | None"]
+# Who waits for a command's answer: a thread (a concurrent Future), or a coroutine on an event loop.
+Waiter = Future[Answer] | tuple[asyncio.AbstractEventLoop, "asyncio.Future[Answer]"]
 
 
 def epoch_ms() -> int:
@@ -42,7 +45,7 @@ class GroupCommitter:
         self._execute = execute
         self._clock = clock
         self._max_batch = max_batch
-        self._inbox: queue.SimpleQueue[tuple[Command, Future[Answer]] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[Command, Waiter] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="lineup-committer", daemon=True)
         self._last_at = 0
 
@@ -54,9 +57,17 @@ class GroupCommitter:
         self._thread.join(timeout=30)
 
     def submit(self, command: Command) -> Future[Answer]:
+        """For threads: a future of the command's answer."""
         future: Future[Answer] = Future()
         self._inbox.put((command, future))
         return future
+
+    async def run(self, command: Command) -> Answer:
+        """For coroutines: the command's answer, once its batch has committed."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Answer] = loop.create_future()
+        self._inbox.put((command, (loop, waiter)))
+        return await waiter
 
     def _run(self) -> None:
         while True:
@@ -78,14 +89,47 @@ class GroupCommitter:
             if stopping:
                 return
 
-    def _commit(self, batch: list[tuple[Command, Future[Answer]]]) -> None:
+    def _commit(self, batch: list[tuple[Command, Waiter]]) -> None:
+        # A thread's future cancelled while its command waited (`asyncio.wrap_future` cancels it with
+        # its coroutine) gets no answer, and from here on it cannot be cancelled: setting a result
+        # on a cancelled future raises, which used to end this thread and leave every later command
+        # unanswered. The command itself was handed over: it runs either way.
+        for _, waiter in batch:
+            if isinstance(waiter, Future):
+                waiter.set_running_or_notify_cancel()
         self._last_at = max(self._last_at, self._clock())  # event times never go backwards here
+        answers: list[Answer | BaseException]
         try:
             executed = self._execute([command for command, _ in batch], self._last_at)
+            answers = [(outcome, executed.position) for outcome in executed.outcomes]
         except Exception as error:
             log.exception("a batch of %d commands failed", len(batch))
-            for _, future in batch:
-                future.set_exception(error)
-            return
-        for (_, future), outcome in zip(batch, executed.outcomes, strict=True):
-            future.set_result((outcome, executed.position))
+            answers = [error] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Answer], Answer | BaseException]]] = {}
+        for (_, waiter), answer in zip(batch, answers, strict=True):
+            if isinstance(waiter, Future):
+                if waiter.cancelled():
+                    continue
+                if isinstance(answer, BaseException):
+                    waiter.set_exception(answer)
+                else:
+                    waiter.set_result(answer)
+            else:
+                loop, future = waiter
+                by_loop.setdefault(loop, []).append((future, answer))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                log.debug("%d answers for a closed event loop dropped", len(settled))
+
+
+def _settle(settled: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
+    """On the waiters' event loop: each answer to its waiter, unless it was cancelled meanwhile."""
+    for future, answer in settled:
+        if future.done():
+            continue
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)

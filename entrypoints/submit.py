@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 
@@ -19,7 +18,7 @@ CallerRequest = Request[Caller, Token, State]
 
 async def run(container: Container, command: Command) -> object:
     """Submit to the group committer; answer once the batch holding the command has committed."""
-    outcome, _ = await asyncio.wrap_future(container.committer.submit(command))
+    outcome, _ = await container.committer.run(command)
     if isinstance(outcome, QueueError):
         raise outcome
     return outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 import uuid
@@ -74,5 +75,52 @@ def test_two_processes_of_sixteen_threads_join_one_queue(settings: Settings, loc
         for entry_id, user, position in acknowledged:
             assert by_entry[entry_id].user_id == user
             assert by_entry[entry_id].position == position  # nobody left, so the answer still holds
+    finally:
+        container.close()
+
+
+def test_coroutines_waiting_on_the_committer_get_their_own_answers(settings: Settings) -> None:
+    """`GroupCommitter.run`: a batch's answers reach the event loop together, each to its own waiter;
+    a waiter cancelled meanwhile is skipped, and its command, already handed over, still commits."""
+    container = build(settings, projectors=False)
+    container.start()  # its group committer, the one HTTP handlers hand commands to
+    try:
+        container.queues.execute([OpenQueue("async", Caller("owner"), "Async")], 1_000)
+        users = [f"coroutine-{n}" for n in range(40)]
+
+        async def join_all() -> list[object]:
+            tasks = [
+                asyncio.create_task(container.committer.run(JoinQueue("async", Caller(user), str(uuid.uuid4()))))
+                for user in users
+            ]
+            await asyncio.sleep(0)  # every command is handed over
+            tasks[0].cancel()
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+        async def abandon_threads_futures() -> object:
+            """Coroutines waiting on `submit`'s futures, cancelled at once: some still wait in the
+            inbox, and their futures are cancelled; a later command must still be answered."""
+            for n in range(20):
+                command = JoinQueue("async", Caller(f"abandoned-{n}"), str(uuid.uuid4()))
+                asyncio.wrap_future(container.committer.submit(command)).cancel()
+            command = JoinQueue("async", Caller("after"), str(uuid.uuid4()))
+            return await asyncio.wait_for(asyncio.wrap_future(container.committer.submit(command)), 30)
+
+        answers = asyncio.run(join_all())
+        after, _ = asyncio.run(abandon_threads_futures())  # type: ignore[misc]
+        assert isinstance(after, Joined)
+        assert isinstance(answers[0], asyncio.CancelledError)
+        joined = [outcome for outcome, _ in answers[1:]]  # type: ignore[misc]
+        assert all(isinstance(outcome, Joined) for outcome in joined)
+        assert [outcome.entry.user_id for outcome in joined] == users[1:]
+        container.runners[0].catch_up()
+        queue = container.reader.summary("async")
+        assert queue is not None
+        listed = container.reader.event_entries(queue)
+        listed = [entry for entry in listed if entry.user_id in users]
+        assert sorted(entry.user_id for entry in listed) == sorted(users)  # the cancelled one's join too
+        assert sorted(outcome.entry.position for outcome in joined) == sorted(
+            entry.position for entry in listed if entry.user_id != users[0]
+        )
     finally:
         container.close()

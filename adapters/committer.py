@@ -108,12 +108,7 @@ class GroupCommitter:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Answer], Answer | BaseException]]] = {}
         for (_, waiter), answer in zip(batch, answers, strict=True):
             if isinstance(waiter, Future):
-                if waiter.cancelled():
-                    continue
-                if isinstance(answer, BaseException):
-                    waiter.set_exception(answer)
-                else:
-                    waiter.set_result(answer)
+                _answer(waiter, answer)
             else:
                 loop, future = waiter
                 by_loop.setdefault(loop, []).append((future, answer))
@@ -125,11 +120,16 @@ class GroupCommitter:
 
 
 def _settle(settled: list[tuple[asyncio.Future[Answer], Answer | BaseException]]) -> None:
-    """On the waiters' event loop: each answer to its waiter, unless it was cancelled meanwhile."""
+    """On the waiters' event loop: each answer to its waiter."""
     for future, answer in settled:
-        if future.done():
-            continue
-        if isinstance(answer, BaseException):
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
+        _answer(future, answer)
+
+
+def _answer(future: Future[Answer] | asyncio.Future[Answer], answer: Answer | BaseException) -> None:
+    """The answer to a waiter of either kind, unless it was cancelled meanwhile (done)."""
+    if future.done():
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)

@@ -108,9 +108,10 @@ class JoinedSend:
                 self.finish()
 
     def finish(self) -> None:
-        if self._one is not None:
+        one, self._one = self._one, None  # once: later body parts go out as uvicorn writes them
+        if one is not None:
             self._cycle.transport = self._transport
-            self._one.flush()
+            one.flush()
 
 
 class OneWrite:

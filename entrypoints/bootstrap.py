@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresTrackingRecorder
 from psycopg_pool import ConnectionPool
 
 from adapters.committer import GroupCommitter
@@ -94,6 +94,15 @@ def tracking_recorder(queues: Queues) -> PostgresTrackingRecorder:
     return PostgresTrackingRecorder(datastore, tracking_table_name=TRACKING_TABLE)
 
 
+def queue_locks(database: Database, queues: Queues) -> QueueLocks:
+    """Per-queue locks for the writers of `queues`, which also read its stored versions."""
+    recorder = queues.recorder
+    if not isinstance(recorder, PostgresAggregateRecorder):
+        msg = f"queue locks need eventsourcing's PostgreSQL recorder, not {type(recorder).__name__}"
+        raise TypeError(msg)
+    return QueueLocks(database, recorder.events_table_name)
+
+
 def committer(queues: Queues, locks: QueueLocks) -> GroupCommitter:
     """Group commit with per-queue advisory locks, so several processes take turns on a queue."""
     return GroupCommitter(lambda commands, at: queues.execute(commands, at, locks.hold))
@@ -167,7 +176,7 @@ def stripe_processor(settings: Settings, database: Database, container: Containe
     """Applies recorded Stripe events (accounts, payments, paid admissions) in the projecting
     process, with its own application instance and queue locks (it runs on the projector thread)."""
     app = event_store(settings, database, pool_size=2)
-    locks = QueueLocks(database)
+    locks = queue_locks(database, app)
     container.closers += [app.close, locks.close]
     return EventProcessor(STRIPE_PROCESS, app, StripeEvent.Received, stripe_policy, locks.hold)
 
@@ -183,7 +192,7 @@ def build(settings: Settings, *, projectors: bool = True, elect: bool = True) ->
         queues = migrate(settings, database)
         pool = database.pool(min_size=2, max_size=settings.pool_size, name="lineup-read")
         progress, published = Progress(), Progress()
-        locks = QueueLocks(database)
+        locks = queue_locks(database, queues)
         tracking = tracking_recorder(queues)
         runners: list[ProjectionRunner[Any]] = [
             ProjectionRunner(queues, pool, model.projection, model.writer, tracking, progress)

@@ -7,15 +7,22 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
     from uuid import UUID
 
     from adapters.postgres.database import Database
 
 log = logging.getLogger(__name__)
 LOCK_SQL = "SELECT pg_advisory_lock(k) FROM (SELECT DISTINCT unnest(%s::bigint[]) AS k ORDER BY 1) AS keys"
+# One index probe per queue (a correlated subquery: its plan uses the primary key whatever the
+# parameter, so it may stay prepared, unlike `= ANY(ids)`: see changes.UNPREPARED).
+VERSIONS_SQL = (
+    "SELECT q.id, (SELECT max(e.originator_version) FROM {events} AS e WHERE e.originator_id = q.id) AS version"
+    " FROM unnest(%s::uuid[]) AS q(id)"
+)
 
 
 class QueueLocks:
@@ -25,26 +32,34 @@ class QueueLocks:
     other's loaded version and retry whole batches; with them each batch loads, applies and
     commits while the other process waits a moment. Keys are taken in sorted order (no
     deadlock between batches that span several queues) and all released after the batch.
+
+    `hold` yields each queue's stored version, read in the same round trip once the locks are
+    taken: a writer whose cached queue is at that version need not read the store for it.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, events_table: str) -> None:
         self.database = database
+        self.versions_sql = sql.SQL(VERSIONS_SQL).format(events=sql.Identifier(events_table))
         self._conn: psycopg.Connection[Any] | None = None
 
     @contextlib.contextmanager
-    def hold(self, queue_ids: Iterable[UUID]) -> Iterator[None]:
-        keys = sorted({self.database.lock_key(queue_id.bytes) for queue_id in queue_ids})
+    def hold(self, queue_ids: Iterable[UUID]) -> Iterator[Mapping[UUID, int | None]]:
+        ids = sorted(set(queue_ids))
+        keys = sorted({self.database.lock_key(queue_id.bytes) for queue_id in ids})
         if not keys:  # e.g. a batch of Stripe events: no queue, no round trips
-            yield
+            yield {}
             return
         conn = self._connection()
         try:
-            conn.execute(LOCK_SQL, (keys,))
+            with conn.pipeline():  # the version read queues behind the lock: one round trip
+                conn.execute(LOCK_SQL, (keys,))
+                versions = conn.execute(self.versions_sql, (ids,))
+            stored = {row["id"]: row["version"] for row in versions.fetchall()}
         except psycopg.Error:
             self.close()  # a broken session holds nothing; the next batch reconnects
             raise
         try:
-            yield
+            yield stored
         finally:
             try:
                 conn.execute("SELECT pg_advisory_unlock_all()")

@@ -11,9 +11,8 @@ from collections import Counter
 import pytest
 
 from adapters.committer import GroupCommitter
-from adapters.postgres.locks import QueueLocks
 from domain.commands import Caller, Joined, JoinQueue, OpenQueue
-from entrypoints.bootstrap import build, event_store, open_database
+from entrypoints.bootstrap import build, event_store, open_database, queue_locks
 from entrypoints.settings import Settings
 
 PROCESSES, THREADS, JOINS_PER_THREAD = 2, 16, 12
@@ -23,7 +22,7 @@ def join_from_one_process(settings: Settings, process: int, locked: bool) -> tup
     """Runs in a child process: its own event store and group committer, 16 threads joining."""
     database, _ = open_database(settings)
     queues = event_store(settings, database)
-    locks = QueueLocks(database)
+    locks = queue_locks(database, queues)
     committer = GroupCommitter(lambda commands, at: queues.execute(commands, at, locks.hold if locked else None))
     committer.start()
     acknowledged: list[tuple[str, str, int]] = []

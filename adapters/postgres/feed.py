@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import tuple_row
 
 from adapters.fanout import Change, Hub
 from adapters.postgres import changes, notifications, stripe
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PAGE = 1000
+PAGES_HANDED = 4  # pages read but not yet dispatched by the event loop
+WAIT = 0.25  # s: how often the follower thread looks at its stop flag
 # The follower's page: tuples, and each row as its JSON text, decoded only when a subscriber of this
 # process follows its query and arguments (most changes, e.g. the entry rows of queues nobody here
 # watches, are then never decoded). The same rows and order as changes.PAGE.
@@ -120,66 +124,73 @@ class FeedReader:
 class FeedFollower:
     """Reads every new change once per process, in cursor order, and hands it to the hub.
 
-    A LISTEN connection wakes it on `lineup_changes`; it also polls once a second, so a lost
-    notification delays a change by at most that.
+    The reading runs on a thread of its own with a blocking connection that LISTENs on
+    `lineup_changes` (and reads at least once a second, so a lost notification delays a change by
+    at most that); each page goes to the event loop in one `call_soon_threadsafe`, where the hub
+    dispatches it. On the loop, the wake-up, the page's query and its reply each waited for a turn
+    of the loop, which under load is busy with HTTP requests: three waits instead of one.
+    At most `PAGES_HANDED` pages wait for the loop; then the thread waits too.
     """
 
     def __init__(self, database: Database, hub: Hub) -> None:
         self.database, self.hub = database, hub
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = threading.Event()
+        self._room = threading.Semaphore(PAGES_HANDED)
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        async with await self._connect() as conn:
+        async with await psycopg.AsyncConnection.connect(**self.database.params(), autocommit=True) as conn:
             row = await (await conn.execute(changes.HEAD)).fetchone()
-        self.hub.advance(int(row["cursor"]) if row else 0)
-        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._follow())]
+        head = int(row[0]) if row else 0
+        self.hub.advance(head)
+        self._stop.clear()
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, args=(loop, head), name="lineup-feed", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2 * WAIT)
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(**self.database.params(), autocommit=True, row_factory=dict_row)
-
-    async def _listen(self) -> None:
-        while True:
+    def _run(self, loop: asyncio.AbstractEventLoop, read: int) -> None:
+        while not self._stop.is_set():
             try:
-                async with await self._connect() as conn:
-                    await conn.execute(f"LISTEN {changes.CHANNEL}")
-                    self._wake.set()
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("change-feed LISTEN lost; reconnecting in 1 s", exc_info=True)
-                await asyncio.sleep(1.0)
-
-    async def _follow(self) -> None:
-        while True:
-            try:
-                async with await self._connect() as conn:
-                    while True:
-                        self._wake.clear()
-                        page = conn.cursor(row_factory=tuple_row)
-                        await page.execute(FOLLOW_PAGE, (self.hub.dispatched, PAGE))
-                        rows = await page.fetchall()
-                        hub = self.hub
-                        for at, query, args, key, op, text in rows:
-                            if hub.follows(query, args):
-                                row = None if text is None else _decode_row(text)
-                                hub.dispatch(Change(at, query, args, key, op, row))
-                            else:
-                                hub.advance(at)
-                        if len(rows) < PAGE:
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._wake.wait(), 1.0)
-            except asyncio.CancelledError:
-                raise
+                with self.database.connect(application_name="lineup-feed") as conn:
+                    conn.execute(f"LISTEN {changes.CHANNEL}")
+                    read = self._follow(conn, loop, read)
             except Exception:
                 log.warning("change-feed follower lost its connection; reconnecting in 1 s", exc_info=True)
-                await asyncio.sleep(1.0)
+                self._stop.wait(1.0)
+
+    def _follow(self, conn: psycopg.Connection[Any], loop: asyncio.AbstractEventLoop, read: int) -> int:
+        """Pages after cursor `read` until stopped; returns the last cursor handed to the loop."""
+        page = conn.cursor(row_factory=tuple_row)
+        last_read = 0.0
+        while not self._stop.is_set():
+            rows = page.execute(FOLLOW_PAGE, (read, PAGE)).fetchall()
+            last_read = time.monotonic()
+            if rows:
+                while not self._room.acquire(timeout=WAIT):
+                    if self._stop.is_set() or loop.is_closed():
+                        return read
+                loop.call_soon_threadsafe(self._dispatch, rows)
+                read = rows[-1][0]
+            if len(rows) == PAGE:
+                continue
+            # until a notification (those that came during the read are kept by psycopg) or a second
+            while not self._stop.is_set() and time.monotonic() - last_read < 1.0:
+                if any(True for _ in conn.notifies(timeout=WAIT, stop_after=1)):
+                    break
+        return read
+
+    def _dispatch(self, rows: list[tuple[Any, ...]]) -> None:
+        """On the event loop: one page, in cursor order."""
+        self._room.release()
+        hub = self.hub
+        for at, query, args, key, op, text in rows:
+            if hub.follows(query, args):
+                row = None if text is None else _decode_row(text)
+                hub.dispatch(Change(at, query, args, key, op, row))
+            else:
+                hub.advance(at)

@@ -25,7 +25,7 @@ from adapters.postgres.database import Database
 from adapters.postgres.feed import FeedReader
 from adapters.postgres.locks import QueueLocks
 from adapters.postgres.notifications import NotificationsReader
-from adapters.postgres.projector import ProjectionRunner, ProjectorThread
+from adapters.postgres.projector import ProjectionRunner, ProjectorThread, create_track_function
 from adapters.postgres.queues import QueuesReader
 from adapters.postgres.stripe import StripeReader
 from adapters.processor import EventProcessor
@@ -83,7 +83,9 @@ def migrate(settings: Settings, database: Database) -> Queues:
             conn.execute(live_rows.DDL)
             for model in read_models(settings).values():
                 conn.execute(model.ddl)
-            tracking_recorder(queues).create_table()
+            tracking = tracking_recorder(queues)
+            tracking.create_table()
+            create_track_function(conn, tracking)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (database.lock_key("migrate"),))
     return queues

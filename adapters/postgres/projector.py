@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -10,8 +11,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.utils import get_topic
+from psycopg import errors
 from psycopg.sql import SQL, Identifier
 
 from adapters.postgres import live_rows
@@ -45,6 +46,34 @@ WITH moved AS (
     WHERE t.notification_id < excluded.notification_id)
 SELECT CASE WHEN %(payload)s::text IS NOT NULL THEN pg_notify(%(channel)s, %(payload)s) END
 """)
+
+
+# A projection batch's tracking upsert, refused (unique_violation) when its position is not beyond
+# the one stored: in the batch's pipelined transaction the refusal fails the transaction at its one
+# sync, where eventsourcing's upsert needed a round trip of its own to fetch its result.
+TRACK_FUNCTION = SQL("""
+CREATE OR REPLACE FUNCTION {function}(tracking_name text, tracking_id bigint) RETURNS void LANGUAGE plpgsql AS $body$
+BEGIN
+    INSERT INTO {tracking} AS t (application_name, notification_id) VALUES (tracking_name, tracking_id)
+    ON CONFLICT (application_name) DO UPDATE SET notification_id = tracking_id
+    WHERE t.notification_id < tracking_id;
+    IF NOT FOUND THEN
+        RAISE unique_violation USING MESSAGE = 'Failed to record tracking for ' || tracking_name || ' ' || tracking_id;
+    END IF;
+END
+$body$
+""")
+TRACK_REFUSED = "Failed to record tracking for "
+
+
+def track_function(tracking: PostgresTrackingRecorder) -> Identifier:
+    return Identifier(tracking.datastore.schema, f"lineup_track_{tracking.tracking_table_name}"[:63])
+
+
+def create_track_function(conn: psycopg.Connection[Any], tracking: PostgresTrackingRecorder) -> None:
+    """Create (or replace) the function a projection batch records its position with."""
+    table = Identifier(tracking.datastore.schema, tracking.tracking_table_name)
+    conn.execute(TRACK_FUNCTION.format(function=track_function(tracking), tracking=table))
 
 
 def record_positions(
@@ -145,6 +174,7 @@ class ProjectionRunner(Generic[W]):
         self.batch_size = batch_size
         self.topics = {get_topic(cls) for cls in projection.event_types()}  # only these are fetched
         self.topic_list = sorted(self.topics) or ["-"]  # an empty filter would mean every topic
+        self.track = SQL("SELECT {function}(%s, %s)").format(function=track_function(tracking))
         self.position = self.tracked()
         self.dirty = False  # the position in memory is ahead of the tracking row (nothing to project between)
         progress.register(projection.name, self.position)
@@ -181,17 +211,31 @@ class ProjectionRunner(Generic[W]):
 
     def _commit(self, notifications: Sequence[Notification], last: int) -> bool:
         """The batch's read-model changes and the tracking position `last`, in one transaction;
-        False when another process had recorded that position first (this one then goes on from theirs)."""
+        False when another process had recorded that position first (this one then goes on from theirs).
+
+        BEGIN, the statements, the tracking upsert and COMMIT travel in one pipeline with one sync:
+        one round trip. psycopg's `transaction()` syncs at BEGIN and at COMMIT, and eventsourcing's
+        tracking upsert fetches its result: four round trips before the batch's changes were
+        committed (and announced to the sockets' followers)."""
         try:
-            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                with conn.pipeline():
-                    writer = self.writer(cursor)
-                    for notification in notifications:
-                        event = self.app.mapper.to_domain_event(notification)
-                        self.projection.process_at(notification.id, event, writer)
-                    writer.flush()
-                self.tracking._insert_tracking(cursor, Tracking(self.projection.name, last))
-        except IntegrityError:
+            with self.pool.connection() as conn:
+                try:
+                    with conn.pipeline(), conn.cursor() as cursor:
+                        cursor.execute("BEGIN")
+                        writer = self.writer(cursor)
+                        for notification in notifications:
+                            event = self.app.mapper.to_domain_event(notification)
+                            self.projection.process_at(notification.id, event, writer)
+                        writer.flush()
+                        cursor.execute(self.track, (self.projection.name, last))
+                        cursor.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(errors.Error):
+                        conn.rollback()  # a failed block stays open until rolled back
+                    raise
+        except errors.UniqueViolation as error:
+            if not (error.diag.message_primary or "").startswith(TRACK_REFUSED):
+                raise
             self.reload()
             return False
         self.dirty = False

@@ -13,14 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from eventsourcing.persistence import Notification
 from eventsourcing.utils import TopicError
+from psycopg.sql import SQL, Identifier
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from datetime import datetime
 
     from eventsourcing.application import Application
-    from eventsourcing.persistence import Notification
 
     from adapters.postgres.database import Database
 
@@ -57,20 +58,54 @@ def topic_page(
     return page, page[-1].id if len(page) == limit else stop
 
 
+# The log head and a shared page after it, in one statement (one snapshot: every position up to the
+# head it reads is visible, see above); one row with a NULL event when the page is empty.
+HEAD_AND_PAGE = """
+SELECT h.head, e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
+FROM (SELECT max(notification_id) AS head FROM {table}) AS h
+LEFT JOIN LATERAL (
+    SELECT * FROM {table}
+    WHERE notification_id > %(after)s AND notification_id <= LEAST(h.head, %(after)s + %(window)s)
+        AND topic = ANY(%(topics)s)
+    ORDER BY notification_id LIMIT %(limit)s
+) AS e ON true
+"""
+
+
 @dataclass(frozen=True)
 class SharedPage:
     """One read of the log serving every reader of a projector round that stands at `after`:
-    the events of all their topics in (`after`, `last`], so each reader's own events are among
-    them. One round trip instead of one per reader."""
+    the log's `head`, and the events of all their topics in (`after`, `last`], so each reader's
+    own events are among them. One round trip instead of one for the head and one per reader."""
 
+    head: int
     after: int
     last: int
     notifications: Sequence[Notification]
 
     @classmethod
-    def read(cls, app: Application[Any], after: int, head: int, topics: set[str], limit: int) -> SharedPage:
-        notifications, last = topic_page(app, after, head, sorted(topics) or ["-"], limit)  # none: not all
-        return cls(after, last, notifications)
+    def read(cls, app: Application[Any], after: int, topics: set[str], limit: int) -> SharedPage:
+        """The head and, when it is beyond `after`, the events of `topics` after `after`, at most
+        `limit`, from a window of at most `SCAN_WINDOW` positions (as `topic_page`)."""
+        recorder: Any = app.recorder
+        statement = SQL(HEAD_AND_PAGE).format(table=Identifier(recorder.datastore.schema, recorder.events_table_name))
+        params = {"after": after, "window": SCAN_WINDOW, "topics": sorted(topics) or ["-"], "limit": limit}
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            rows = cursor.execute(statement, params, prepare=True).fetchall()
+        head = rows[0]["head"] or 0
+        notifications = [
+            Notification(
+                id=row["notification_id"],
+                originator_id=row["originator_id"],
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=bytes(row["state"]),
+            )
+            for row in rows
+            if row["notification_id"] is not None
+        ]
+        stop = max(after, min(head, after + SCAN_WINDOW))
+        return cls(head, after, notifications[-1].id if len(notifications) == limit else stop, notifications)
 
     def events_for(self, position: int, topics: set[str]) -> tuple[list[Notification], int] | None:
         """A reader's events after `position` and the position it has then read up to, or None

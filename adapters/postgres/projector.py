@@ -322,15 +322,15 @@ class ProjectorThread:
                 self._wake.wait(0.5)
                 continue
             try:
-                head = self._head()
-                page = self._shared_page(head, [*self.runners, *self.processors])
+                page = self._shared_page([*self.runners, *self.processors])
+                head = page.head if page else None
                 executed = sum(process.processed for process in self.processors)
                 busy = sum(process(head, page) for process in self.processors)
                 if sum(process.processed for process in self.processors) != executed:
                     # the processors wrote events: the runners read past them, to project an event
                     # and what it caused in the same round
-                    head = self._head()
-                    page = self._shared_page(head, self.runners)
+                    page = self._shared_page(self.runners)
+                    head = page.head if page else None
                 busy += sum(runner.run_once(head, page) for runner in self.runners)
                 self._checkpoint()
             except Exception:
@@ -342,23 +342,19 @@ class ProjectorThread:
             else:
                 self._wake.wait(IDLE_WAIT)
 
-    def _head(self) -> int | None:
-        return (self.runners[0].app.recorder.max_notification_id() or 0) if self.runners else None
-
-    def _shared_page(self, head: int | None, readers: Sequence[Reader]) -> SharedPage | None:
-        """One read of the log for the `readers` standing where most of them stand (all of them,
-        once caught up): a round then costs one page read instead of one per reader, and a
-        command's summary change is committed that much sooner. A reader elsewhere (a new
-        projection catching up) reads its own pages and holds nobody back."""
-        if head is None or not readers:
+    def _shared_page(self, readers: Sequence[Reader]) -> SharedPage | None:
+        """The log head and one read of the log for the `readers` standing where most of them
+        stand (all of them, once caught up), in one statement: a round then costs one read instead
+        of one for the head and one per reader, and a command's summary change is committed that
+        much sooner. A reader elsewhere (a new projection catching up) reads its own pages and
+        holds nobody back."""
+        if not self.runners or not readers:
             return None
-        standing = Counter(reader.position for reader in readers if reader.position < head)
-        if not standing:
-            return None
+        standing = Counter(reader.position for reader in readers)
         after = max(standing, key=lambda position: (standing[position], position))
         at = [reader for reader in readers if reader.position == after]
         topics = set().union(*(reader.topics for reader in at))
-        return SharedPage.read(self.runners[0].app, after, head, topics, min(reader.batch_size for reader in at))
+        return SharedPage.read(self.runners[0].app, after, topics, min(reader.batch_size for reader in at))
 
     def _checkpoint(self) -> None:
         """One statement per round: the tracking rows of runners that moved on in memory, and one

@@ -45,7 +45,8 @@ def test_a_shared_page_serves_every_reader_as_its_own_read_would(container: Cont
         stranger=st.sets(st.sampled_from(topics), min_size=1),
     )
     def check(after: int, limit: int, wanted: list[set[str]], stranger: set[str]) -> None:
-        page = SharedPage.read(container.queues, after, head, set().union(*wanted), limit)
+        page = SharedPage.read(container.queues, after, set().union(*wanted), limit)
+        assert page.head == head  # read in the same statement
         assert page.events_for(after + 1, stranger) is None  # standing elsewhere: reads for itself
         for reader_topics in wanted:
             taken = page.events_for(after, reader_topics)
@@ -57,3 +58,5 @@ def test_a_shared_page_serves_every_reader_as_its_own_read_would(container: Cont
             assert [n.id for n in events] == expected
 
     check()
+    at_head = SharedPage.read(container.queues, head, set(topics), 10)
+    assert (at_head.head, at_head.last, list(at_head.notifications)) == (head, head, [])

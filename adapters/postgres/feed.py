@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -121,6 +122,11 @@ class FeedReader:
         return head, oldest_row["oldest"] if oldest_row else None, [to_change(row) for row in rows]
 
 
+def feed_application() -> str:
+    """The follower session's application_name in pg_stat_activity: `lineup-feed <pid>`."""
+    return f"lineup-feed {os.getpid()}"
+
+
 class FeedFollower:
     """Reads every new change once per process, in cursor order, and hands it to the hub.
 
@@ -137,15 +143,17 @@ class FeedFollower:
         self._stop = threading.Event()
         self._room = threading.Semaphore(PAGES_HANDED)
         self._thread: threading.Thread | None = None
+        self._handed = 0  # the last cursor handed to the event loop
 
     async def start(self) -> None:
         async with await psycopg.AsyncConnection.connect(**self.database.params(), autocommit=True) as conn:
             row = await (await conn.execute(changes.HEAD)).fetchone()
         head = int(row[0]) if row else 0
         self.hub.advance(head)
+        self._handed = head
         self._stop.clear()
         loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, args=(loop, head), name="lineup-feed", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(loop,), name="lineup-feed", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -153,44 +161,48 @@ class FeedFollower:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2 * WAIT)
 
-    def _run(self, loop: asyncio.AbstractEventLoop, read: int) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         while not self._stop.is_set():
             try:
-                with self.database.connect(application_name="lineup-feed") as conn:
+                with self.database.connect(application_name=feed_application()) as conn:
                     conn.execute(f"LISTEN {changes.CHANNEL}")
-                    read = self._follow(conn, loop, read)
+                    self._follow(conn, loop)
             except Exception:
                 log.warning("change-feed follower lost its connection; reconnecting in 1 s", exc_info=True)
                 self._stop.wait(1.0)
 
-    def _follow(self, conn: psycopg.Connection[Any], loop: asyncio.AbstractEventLoop, read: int) -> int:
-        """Pages after cursor `read` until stopped; returns the last cursor handed to the loop."""
+    def _follow(self, conn: psycopg.Connection[Any], loop: asyncio.AbstractEventLoop) -> None:
+        """Pages after `self._handed` (the last cursor handed to the loop, kept across reconnects:
+        nothing is handed twice) until stopped."""
         page = conn.cursor(row_factory=tuple_row)
         last_read = 0.0
         while not self._stop.is_set():
-            rows = page.execute(FOLLOW_PAGE, (read, PAGE)).fetchall()
+            rows = page.execute(FOLLOW_PAGE, (self._handed, PAGE)).fetchall()
             last_read = time.monotonic()
             if rows:
                 while not self._room.acquire(timeout=WAIT):
                     if self._stop.is_set() or loop.is_closed():
-                        return read
+                        return
                 loop.call_soon_threadsafe(self._dispatch, rows)
-                read = rows[-1][0]
+                self._handed = rows[-1][0]
             if len(rows) == PAGE:
                 continue
             # until a notification (those that came during the read are kept by psycopg) or a second
             while not self._stop.is_set() and time.monotonic() - last_read < 1.0:
                 if any(True for _ in conn.notifies(timeout=WAIT, stop_after=1)):
                     break
-        return read
 
     def _dispatch(self, rows: list[tuple[Any, ...]]) -> None:
         """On the event loop: one page, in cursor order."""
         self._room.release()
         hub = self.hub
         for at, query, args, key, op, text in rows:
-            if hub.follows(query, args):
+            if not hub.follows(query, args):
+                hub.advance(at)
+                continue
+            try:
                 row = None if text is None else _decode_row(text)
                 hub.dispatch(Change(at, query, args, key, op, row))
-            else:
+            except Exception:  # a bug; the rest of the page still goes out
+                log.exception("dispatching change %s failed", at)
                 hub.advance(at)

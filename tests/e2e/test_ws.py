@@ -309,3 +309,31 @@ def test_live_queries_are_authorized_per_subscription(
         await ws.close()
 
     asyncio.run(scenario())
+
+
+def test_changes_after_the_followers_connection_is_lost_arrive_once(server: LineupServer) -> None:
+    """The feed follower's session is killed; it reconnects and goes on from what it handed over:
+    nothing of before is dispatched again, nothing of after is missed."""
+
+    async def scenario() -> None:
+        event_id = new_event()
+        post(server, f"/events/{event_id}/queue", "owner", {"name": "Reconnect"})
+        ws = await connect(server, "watcher")
+        await subscribe(ws, "s", event_id)
+        await recv(ws)  # the snapshot
+        post(server, f"/events/{event_id}/queue/join", "a")
+        assert (await recv(ws))["row"]["waiting"] == 1
+        assert server.process is not None
+        with psycopg.connect(server.settings.database_url, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                (f"lineup-feed {server.process.pid}",),
+            ).fetchall()
+        assert killed == [(True,)]
+        post(server, f"/events/{event_id}/queue/join", "b")
+        assert (await recv(ws))["row"]["waiting"] == 2
+        with pytest.raises(TimeoutError):  # nothing twice
+            await recv(ws, timeout=1.5)
+        await ws.close()
+
+    asyncio.run(scenario())

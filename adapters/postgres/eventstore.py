@@ -32,23 +32,31 @@ if TYPE_CHECKING:
 
 TOPIC = f"{__name__}:BinaryProcessRecorder"
 
-# eventsourcing's transaction, as one function: the tracking upsert (refused: unique_violation, which
-# eventsourcing raises as IntegrityError), then, when there are events, the table lock that keeps
-# notification ids in commit order, the NOTIFY, and the insert returning the ids in order.
-APPEND_FUNCTION = """
+# eventsourcing's single-row tracking upsert as PL/pgSQL, for functions with the arguments
+# `tracking_name text, tracking_id bigint`: a position not beyond the stored one is refused with
+# unique_violation (which eventsourcing raises as IntegrityError), its message starting TRACKING_REFUSED.
+TRACKING_REFUSED = "Failed to record tracking for "
+TRACKING_UPSERT = f"""
+        INSERT INTO {{tracking_table}} AS t (application_name, notification_id) VALUES (tracking_name, tracking_id)
+        ON CONFLICT (application_name) DO UPDATE SET notification_id = tracking_id
+        WHERE t.notification_id < tracking_id;
+        IF NOT FOUND THEN
+            RAISE unique_violation USING MESSAGE = '{TRACKING_REFUSED}' || tracking_name || ' ' || tracking_id;
+        END IF;"""  # noqa: S608 - constants only; the table is an Identifier, formatted by psycopg
+
+# eventsourcing's transaction, as one function: the tracking upsert, then, when there are events, the
+# table lock that keeps notification ids in commit order, the NOTIFY, and the insert returning the ids
+# in order.
+APPEND_FUNCTION = (
+    """
 CREATE OR REPLACE FUNCTION {schema}.{function}(
     ids {id_type}[], versions bigint[], topics text[], states bytea[], tracking_name text, tracking_id bigint
 ) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
 #variable_conflict use_column
 BEGIN
-    IF tracking_name IS NOT NULL THEN
-        INSERT INTO {schema}.{tracking} AS t (application_name, notification_id) VALUES (tracking_name, tracking_id)
-        ON CONFLICT (application_name) DO UPDATE SET notification_id = tracking_id
-        WHERE t.notification_id < tracking_id;
-        IF NOT FOUND THEN
-            RAISE unique_violation
-                USING MESSAGE = 'Failed to record tracking for ' || tracking_name || ' ' || tracking_id;
-        END IF;
+    IF tracking_name IS NOT NULL THEN"""  # noqa: S608 - constants only; identifiers are formatted by psycopg
+    + TRACKING_UPSERT
+    + """
     END IF;
     IF cardinality(ids) > 0 THEN
         PERFORM set_config('lock_timeout', {lock_timeout}, true);
@@ -60,6 +68,7 @@ BEGIN
 END
 $body$
 """
+)
 
 
 class BinaryProcessRecorder(PostgresProcessRecorder):
@@ -74,7 +83,7 @@ class BinaryProcessRecorder(PostgresProcessRecorder):
         names = {
             "schema": Identifier(datastore.schema),
             "table": Identifier(self.events_table_name),
-            "tracking": Identifier(self.tracking_table_name),
+            "tracking_table": Identifier(datastore.schema, self.tracking_table_name),
             "channel": Identifier(self.channel_name),
             "id_type": Identifier(datastore.originator_id_type),
             "function": Identifier(f"lineup_append_{self.events_table_name}"[:63]),

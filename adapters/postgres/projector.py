@@ -16,6 +16,7 @@ from psycopg import errors
 from psycopg.sql import SQL, Identifier
 
 from adapters.postgres import live_rows
+from adapters.postgres.eventstore import TRACKING_REFUSED, TRACKING_UPSERT
 from adapters.postgres.log import SharedPage, topic_page
 
 if TYPE_CHECKING:
@@ -48,22 +49,19 @@ SELECT CASE WHEN %(payload)s::text IS NOT NULL THEN pg_notify(%(channel)s, %(pay
 """)
 
 
-# A projection batch's tracking upsert, refused (unique_violation) when its position is not beyond
-# the one stored: in the batch's pipelined transaction the refusal fails the transaction at its one
-# sync, where eventsourcing's upsert needed a round trip of its own to fetch its result.
-TRACK_FUNCTION = SQL("""
+# A projection batch's tracking upsert (the event store's, see TRACKING_UPSERT): in the batch's
+# pipelined transaction a refusal fails the transaction at its one sync, where eventsourcing's upsert
+# needed a round trip of its own to fetch its result.
+TRACK_FUNCTION = SQL(
+    """
 CREATE OR REPLACE FUNCTION {function}(tracking_name text, tracking_id bigint) RETURNS void LANGUAGE plpgsql AS $body$
-BEGIN
-    INSERT INTO {tracking} AS t (application_name, notification_id) VALUES (tracking_name, tracking_id)
-    ON CONFLICT (application_name) DO UPDATE SET notification_id = tracking_id
-    WHERE t.notification_id < tracking_id;
-    IF NOT FOUND THEN
-        RAISE unique_violation USING MESSAGE = 'Failed to record tracking for ' || tracking_name || ' ' || tracking_id;
-    END IF;
+BEGIN"""
+    + TRACKING_UPSERT
+    + """
 END
 $body$
-""")
-TRACK_REFUSED = "Failed to record tracking for "
+"""
+)
 
 
 def track_function(tracking: PostgresTrackingRecorder) -> Identifier:
@@ -73,7 +71,7 @@ def track_function(tracking: PostgresTrackingRecorder) -> Identifier:
 def create_track_function(conn: psycopg.Connection[Any], tracking: PostgresTrackingRecorder) -> None:
     """Create (or replace) the function a projection batch records its position with."""
     table = Identifier(tracking.datastore.schema, tracking.tracking_table_name)
-    conn.execute(TRACK_FUNCTION.format(function=track_function(tracking), tracking=table))
+    conn.execute(TRACK_FUNCTION.format(function=track_function(tracking), tracking_table=table))
 
 
 def record_positions(
@@ -234,7 +232,7 @@ class ProjectionRunner(Generic[W]):
                         conn.rollback()  # a failed block stays open until rolled back
                     raise
         except errors.UniqueViolation as error:
-            if not (error.diag.message_primary or "").startswith(TRACK_REFUSED):
+            if not (error.diag.message_primary or "").startswith(TRACKING_REFUSED):
                 raise
             self.reload()
             return False

@@ -73,9 +73,6 @@ CREATE INDEX IF NOT EXISTS live_dirty_queue ON live_dirty (queue_id);
 # publication (with one row per queue it waited on the row lock of the publisher's DELETE, i.e. for
 # the whole publication, and so did that queue's summary frame).
 MARK_DIRTY = "INSERT INTO live_dirty (queue_id, position) SELECT * FROM unnest(%s::uuid[], %s::bigint[])"
-MARK_DIRTY_NAMED = (  # the same, as a part of a statement with named parameters
-    "INSERT INTO live_dirty (queue_id, position) SELECT * FROM unnest(%(d_queue)s::uuid[], %(d_position)s::bigint[])"
-)
 OLDEST_MARK = "SELECT min(position) AS position FROM live_dirty"
 
 # Publications of entry rows are serialized database-wide, and with `lineup rebuild`'s switch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from adapters.postgres import changes, live_rows
+from adapters.postgres import changes
 from domain.queue import CALLED, CANCELLED, CLOSED, CLOSED_REASON, WAITING, EntryView, estimated_time
 from projections.queues import QueuesWriter
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 TABLES = ("queue_summary", "queue_entries")
 
-DDL = """
+TABLES_DDL = """
 CREATE TABLE IF NOT EXISTS queue_summary (
     queue_id uuid PRIMARY KEY,
     event_id text NOT NULL UNIQUE,
@@ -56,63 +56,98 @@ SUMMARY_ROW = """jsonb_build_object(
     'avg_service_seconds', (s.average_ms / 1000.0)::float8, 'owner_id', s.owner_id,
     'capacity', s.capacity, 'requires_payment', s.requires_payment)"""
 
-# A run of entry changes (each entry at most once) as one statement: the joins, calls and finishes
-# as set operations, then each queue's summary once: its waiting count moved by the run's deltas
-# (joins +1 and calls -1 counted by the writer; a finished entry -1 when it was still waiting,
-# which only the row before the statement knows: `prior` is the statement's snapshot), its latest
-# average and its latest event time. Key sets arrive as arrays joined with `unnest`.
-RUN_CTES = """
-joined AS (
-    INSERT INTO queue_entries (entry_id, queue_id, event_id, user_id, seq, status, joined_at)
-    SELECT j.entry_id, s.queue_id, s.event_id, j.user_id, j.seq, 'waiting', j.at
-    FROM unnest(%(j_entry)s::text[], %(j_queue)s::uuid[], %(j_user)s::text[], %(j_seq)s::bigint[],
-        %(j_at)s::bigint[]) AS j(entry_id, queue_id, user_id, seq, at)
-    JOIN queue_summary s ON s.queue_id = j.queue_id
-    ON CONFLICT (entry_id) DO UPDATE SET status = 'waiting', reason = NULL, called_at = NULL,
-        finished_at = NULL, seq = excluded.seq, joined_at = excluded.joined_at),
-called AS (
-    UPDATE queue_entries e SET status = 'called', called_at = c.at
-    FROM unnest(%(c_entry)s::text[], %(c_at)s::bigint[]) AS c(entry_id, at)
-    WHERE e.entry_id = c.entry_id),
-finished AS (
-    UPDATE queue_entries e SET status = f.status, reason = f.reason, finished_at = f.at
-    FROM unnest(%(f_entry)s::text[], %(f_queue)s::uuid[], %(f_status)s::text[], %(f_reason)s::text[],
-        %(f_at)s::bigint[]) AS f(entry_id, queue_id, status, reason, at)
-    JOIN queue_entries prior ON prior.entry_id = f.entry_id
-    WHERE e.entry_id = f.entry_id
-    RETURNING f.queue_id, prior.status AS was),
-per_queue AS (
-    SELECT queue_id, sum(waiting)::integer AS waiting, max(average_ms) AS average_ms, max(at) AS at FROM (
-        SELECT * FROM unnest(%(q_queue)s::uuid[], %(q_waiting)s::integer[], %(q_average)s::bigint[],
-            %(q_at)s::bigint[]) AS q(queue_id, waiting, average_ms, at)
-        UNION ALL
-        SELECT queue_id, -1, NULL, NULL FROM finished WHERE was = 'waiting') AS deltas
-    GROUP BY queue_id)"""
-SUMMARY_UPDATE = """UPDATE queue_summary s SET waiting = s.waiting + p.waiting,
-        average_ms = coalesce(p.average_ms, s.average_ms), last_event_at = coalesce(p.at, s.last_event_at)
-    FROM per_queue p WHERE s.queue_id = p.queue_id"""
-RUN = f"WITH {RUN_CTES}\n{SUMMARY_UPDATE}"
-
-# The batch's last run, and then every touched queue's summary on the change feed and its entry rows
-# marked dirty (see live_rows.py), in one statement.
-BATCH_END = changes.publish(
-    f"""SELECT 'queue.summary'::text AS query, s.event_id AS args, s.event_id AS key, 'upsert'::text AS op,
-        {SUMMARY_ROW} AS row, s.queue_id AS ord FROM summary s""",  # noqa: S608 - constants
-    ctes=f"""{RUN_CTES},
-summary AS ({SUMMARY_UPDATE} RETURNING s.*),
-dirty AS ({live_rows.MARK_DIRTY_NAMED}),""",
+# A run of entry changes (each entry at most once) in one call: the joins, calls and finishes, then
+# each queue's summary once: its waiting count moved by the run's deltas (joins +1 and calls -1
+# counted by the writer; a finished entry -1 when it was still waiting, which only its row knows),
+# its latest average and its latest event time. With `publish` (a batch's last run), each summary
+# that exists goes on the change feed (numbered after the moved head, in the order given: sorted by
+# queue id), the channel is notified, and each queue's entry rows are marked dirty from its first
+# position in the batch (see live_rows.py). No head row (a rebuild's scratch schema): no feed rows.
+#
+# A function, not one set-based statement: that statement cost PostgreSQL ~1.9 ms a batch to parse
+# and plan (unprepared, as statements joining key sets must be: changes.UNPREPARED). Here every
+# statement looks up one key, so the plans PL/pgSQL keeps use the primary keys whatever the table's
+# size when they were made.
+RUN_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION lineup_queues_run(
+    j_entry text[], j_queue uuid[], j_user text[], j_seq bigint[], j_at bigint[],
+    c_entry text[], c_at bigint[],
+    f_entry text[], f_queue uuid[], f_status text[], f_reason text[], f_at bigint[],
+    q_queue uuid[], q_waiting integer[], q_average bigint[], q_at bigint[], q_first bigint[], publish boolean
+) RETURNS void LANGUAGE plpgsql AS $body$
+DECLARE
+    i integer;
+    k integer;
+    was text;
+    deltas integer[] := q_waiting;
+    summary_key text;
+    summary_row jsonb;
+    keys text[] := '{{}}';
+    summaries jsonb[] := '{{}}';
+    moved bigint;
+BEGIN
+    FOR i IN 1 .. cardinality(j_entry) LOOP
+        INSERT INTO queue_entries (entry_id, queue_id, event_id, user_id, seq, status, joined_at)
+        SELECT j_entry[i], s.queue_id, s.event_id, j_user[i], j_seq[i], 'waiting', j_at[i]
+        FROM queue_summary s WHERE s.queue_id = j_queue[i]
+        ON CONFLICT (entry_id) DO UPDATE SET status = 'waiting', reason = NULL, called_at = NULL,
+            finished_at = NULL, seq = excluded.seq, joined_at = excluded.joined_at;
+    END LOOP;
+    FOR i IN 1 .. cardinality(c_entry) LOOP
+        UPDATE queue_entries SET status = 'called', called_at = c_at[i] WHERE entry_id = c_entry[i];
+    END LOOP;
+    FOR i IN 1 .. cardinality(f_entry) LOOP
+        SELECT e.status INTO was FROM queue_entries e WHERE e.entry_id = f_entry[i];
+        UPDATE queue_entries SET status = f_status[i], reason = f_reason[i], finished_at = f_at[i]
+        WHERE entry_id = f_entry[i];
+        IF was = 'waiting' THEN
+            k := array_position(q_queue, f_queue[i]);
+            deltas[k] := deltas[k] - 1;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. cardinality(q_queue) LOOP
+        UPDATE queue_summary s SET waiting = s.waiting + deltas[i],
+            average_ms = coalesce(q_average[i], s.average_ms), last_event_at = coalesce(q_at[i], s.last_event_at)
+        WHERE s.queue_id = q_queue[i]
+        RETURNING s.event_id, {SUMMARY_ROW} INTO summary_key, summary_row;
+        IF FOUND AND publish THEN
+            keys := keys || summary_key;
+            summaries := summaries || summary_row;
+        END IF;
+    END LOOP;
+    IF NOT publish THEN
+        RETURN;
+    END IF;
+    INSERT INTO live_dirty (queue_id, position) SELECT * FROM unnest(q_queue, q_first);
+    IF cardinality(keys) > 0 THEN
+        UPDATE change_feed_head SET cursor = cursor + cardinality(keys) RETURNING cursor INTO moved;
+        IF moved IS NOT NULL THEN
+            INSERT INTO change_feed (cursor, query, args, key, op, row)
+            SELECT moved - cardinality(keys) + u.ord, 'queue.summary', u.key, u.key, 'upsert', u.row
+            FROM unnest(keys, summaries) WITH ORDINALITY AS u(key, row, ord);
+            PERFORM pg_notify('{changes.CHANNEL}', moved::text);
+        END IF;
+    END IF;
+END
+$body$;
+"""  # noqa: S608 - constants only
+RUN = (
+    "SELECT lineup_queues_run(%(j_entry)b, %(j_queue)b, %(j_user)b, %(j_seq)b, %(j_at)b, %(c_entry)b, %(c_at)b,"
+    " %(f_entry)b, %(f_queue)b, %(f_status)b, %(f_reason)b, %(f_at)b,"
+    " %(q_queue)b, %(q_waiting)b, %(q_average)b, %(q_at)b, %(q_first)b, %(publish)s)"
 )
+DDL = TABLES_DDL + RUN_FUNCTION
 
 
 class PostgresQueuesWriter(QueuesWriter):
     """Applies the projection's changes on one cursor inside the runner's transaction.
 
-    Entry changes (join, call, finish) and averages are held and sent as one set-based statement
-    per run (`RUN`): a run ends when an entry comes back or a queue-wide change (open, status,
-    close) needs what came before it applied; the batch's last run goes with its feed rows
-    (`BATCH_END`). Statements return nothing, so in pipeline mode a whole batch travels in one round
-    trip. Per statement, psycopg's Python cost (~50 µs) was most of the projector's GIL time with a
-    statement or two per event.
+    Entry changes (join, call, finish) and averages are held and sent as one call of
+    `lineup_queues_run` per run (`RUN`): a run ends when an entry comes back or a queue-wide change
+    (open, status, close) needs what came before it applied; the batch's last run also publishes the
+    summaries. Statements return nothing, so in pipeline mode a whole batch travels in one round
+    trip. Per statement, psycopg's Python cost (~50 µs) was most of the projector's GIL time when
+    each event sent a statement or two.
     """
 
     def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
@@ -135,7 +170,7 @@ class PostgresQueuesWriter(QueuesWriter):
     def _send_run(self) -> None:
         """Apply the held entry changes now (before a statement that must see them)."""
         if self._run.entries or self._run.queues:
-            self.cursor.execute(RUN, self._run.parameters({}), prepare=changes.UNPREPARED)
+            self.cursor.execute(RUN, self._run.parameters())
             self._run = _Run()
 
     def queue_opened(  # noqa: PLR0913
@@ -174,7 +209,9 @@ class PostgresQueuesWriter(QueuesWriter):
         self._touch(queue_id, at)
 
     def entry_finished(self, queue_id: UUID, entry_id: str, status: str, reason: str | None, at: int) -> None:
-        self._entry(entry_id).finished.append((entry_id, queue_id, status, reason, at))
+        run = self._entry(entry_id)
+        run.finished.append((entry_id, queue_id, status, reason, at))
+        run.waiting(queue_id, 0)  # the call counts -1 there if the entry was waiting
         self._touch(queue_id, at)
 
     def average_changed(self, queue_id: UUID, average_ms: int, at: int) -> None:
@@ -197,15 +234,10 @@ class PostgresQueuesWriter(QueuesWriter):
 
     def flush(self) -> None:
         """Once per batch: the last run, each touched queue's latest event time, its summary on the
-        change feed and its entry rows marked dirty, in one statement."""
+        change feed and its entry rows marked dirty, in one call."""
         if not self._touched:
             return
-        for queue_id in self._touched:
-            self._run.waiting(queue_id, 0)
-        queue_ids = sorted(self._touched)
-        marks = {"d_queue": queue_ids, "d_position": [self._first[queue_id] for queue_id in queue_ids]}
-        self.cursor.execute(BATCH_END, self._run.parameters(marks, self._touched), prepare=changes.UNPREPARED)
-        self.cursor.execute(changes.NOTIFY)
+        self.cursor.execute(RUN, self._run.parameters(self._touched, self._first))
         self._run = _Run()
         self._touched.clear()
         self._first.clear()
@@ -213,7 +245,7 @@ class PostgresQueuesWriter(QueuesWriter):
 
 @dataclass
 class _Run:
-    """Entry changes held for one set-based statement (`RUN`), in which each entry appears once."""
+    """Entry changes held for one call (`RUN`), in which each entry appears once."""
 
     entries: set[str] = field(default_factory=set)
     joined: list[tuple[str, UUID, str, int, int]] = field(default_factory=list)
@@ -225,18 +257,21 @@ class _Run:
     def waiting(self, queue_id: UUID, delta: int) -> None:
         self.queues[queue_id] = self.queues.get(queue_id, 0) + delta
 
-    def parameters(self, extra: dict[str, Any], at: dict[UUID, int] | None = None) -> dict[str, Any]:
-        """The statement's arrays; `at`: each queue's latest event time (the batch's end only)."""
-        queue_ids = list(self.queues)
+    def parameters(self, at: dict[UUID, int] | None = None, first: dict[UUID, int] | None = None) -> dict[str, Any]:
+        """The call's arguments. At the batch's end: `at`, each touched queue's latest event time,
+        and `first`, its first log position in the batch; every touched queue is then published."""
+        queues = self.queues if at is None else {queue_id: self.queues.get(queue_id, 0) for queue_id in at}
+        queue_ids = sorted(queues)
         return {
             **_columns("j_entry j_queue j_user j_seq j_at", self.joined),
             **_columns("c_entry c_at", self.called),
             **_columns("f_entry f_queue f_status f_reason f_at", self.finished),
             "q_queue": queue_ids,
-            "q_waiting": [self.queues[queue_id] for queue_id in queue_ids],
+            "q_waiting": [queues[queue_id] for queue_id in queue_ids],
             "q_average": [self.averages.get(queue_id) for queue_id in queue_ids],
-            "q_at": [at.get(queue_id) if at else None for queue_id in queue_ids],
-            **extra,
+            "q_at": [at[queue_id] if at else None for queue_id in queue_ids],
+            "q_first": [first[queue_id] if first else None for queue_id in queue_ids],
+            "publish": at is not None,
         }
 
 

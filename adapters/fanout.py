@@ -58,6 +58,9 @@ class Outbox:
         self.lagging = False
         self.sent_cursor = 0  # the highest cursor of any snapshot or change frame queued
         self.on_ready: Callable[[], None] | None = None
+        # the session's: writes a change frame at once when nothing is queued or being sent (True),
+        # the dispatch loop's fast path per recipient; False: the frame is queued as any other
+        self.write_now: Callable[[str], bool] | None = None
 
     def put(self, frame: str, cursor: int | None = None) -> None:
         if cursor is not None:
@@ -68,6 +71,9 @@ class Outbox:
 
     def deliver(self, frame: str, cursor: int) -> None:
         if self.lagging:
+            return
+        if not self.frames and self.write_now is not None and self.write_now(frame):
+            self.sent_cursor = max(self.sent_cursor, cursor)
             return
         if len(self.frames) >= self.limit:
             self.lagging = True

@@ -213,7 +213,7 @@ class Session:
 
     async def run(self) -> None:
         _open_sessions.add(self)
-        self.outbox.on_ready = self._wake_sender
+        self.outbox.on_ready, self.outbox.write_now = self._wake_sender, self._write_at_once
         try:
             await self._authenticate()
             while True:
@@ -227,7 +227,7 @@ class Session:
         finally:
             for subscription in self.subscriptions.values():
                 self.hub.discard(subscription)
-            self.outbox.on_ready = None
+            self.outbox.on_ready = self.outbox.write_now = None
             for task in [*([self._sender] if self._sender else []), *self._tasks]:
                 task.cancel()
             if self._expiry is not None:
@@ -419,6 +419,19 @@ class Session:
         and the frames behind it wait in the outbox as before."""
         if self._sender is None and not self._closed and not self._writing:
             self._write_now()
+
+    def _write_at_once(self, text: str) -> bool:
+        """A frame with nothing queued before it (`Outbox.deliver`'s fast path): written straight to
+        the transport if nothing is being sent and the socket allows it. It skips the outbox's
+        queue and `_write_now`'s loop: at 1,000 sockets, the Python around each `send` was ~40 % of
+        a change's dispatch (py-spy)."""
+        if self._sender is not None or self._closed or self._writing:
+            return False
+        try:
+            return self.socket.write_now(text)
+        except Exception:  # the peer went away: the queued path meets it again, and the receive loop too
+            log.debug("send failed", exc_info=True)
+            return False
 
     def _next_frame(self) -> str | None:
         """The next frame to send; an overflow marker on the way starts the reset snapshots."""

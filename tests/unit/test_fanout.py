@@ -120,7 +120,7 @@ def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_sus
     async def scenario() -> None:
         hub, socket = Hub(), _PausingSocket()
         session = Session(socket, hub, None, None, lambda _derived: None)  # type: ignore[arg-type]
-        session.outbox.on_ready = session._wake_sender
+        session.outbox.on_ready, session.outbox.write_now = session._wake_sender, session._write_at_once
         sub = Subscription(1, "q", "a", session.outbox)
         sub.pending = False
         hub.add(sub)
@@ -143,5 +143,15 @@ def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_sus
         assert session._sender is None
         hub.dispatch(Change(6, "q", "a", "k", "upsert", {"v": 6}))
         assert cursors() == [1, 2, 3, 4, 5, 6]  # direct again
+
+        socket.writable.clear()
+        hub.dispatch(Change(7, "q", "a", "k", "upsert", {"v": 7}))  # waits inside its send ...
+        assert not session.outbox.frames  # ... with nothing queued behind it
+        await asyncio.sleep(0)
+        socket.writable.set()  # writable again, before the sender task has run
+        hub.dispatch(Change(8, "q", "a", "k", "upsert", {"v": 8}))  # must not overtake 7
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert cursors() == [1, 2, 3, 4, 5, 6, 7, 8]
 
     asyncio.run(scenario())

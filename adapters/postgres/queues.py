@@ -62,12 +62,18 @@ SUMMARY_ROW = """jsonb_build_object(
 # its latest average and its latest event time. With `publish` (a batch's last run), each summary
 # that exists goes on the change feed (numbered after the moved head, in the order given: sorted by
 # queue id), the channel is notified, and each queue's entry rows are marked dirty from its first
-# position in the batch (see live_rows.py). No head row (a rebuild's scratch schema): no feed rows.
+# position in the batch (see live_rows.py).
 #
 # A function, not one set-based statement: that statement cost PostgreSQL ~1.9 ms a batch to parse
 # and plan (unprepared, as statements joining key sets must be: changes.UNPREPARED). Here every
 # statement looks up one key, so the plans PL/pgSQL keeps use the primary keys whatever the table's
 # size when they were made.
+# The summaries the run function collected (its variables `keys` and `summaries`), onto the feed the
+# way every writer's rows go (`changes.publish`: numbered after the moved head; no head row, nothing).
+PUBLISH_SUMMARIES = changes.publish(
+    "SELECT 'queue.summary'::text AS query, u.key AS args, u.key AS key, 'upsert'::text AS op, u.row AS row,"
+    " u.ord AS ord FROM unnest(keys, summaries) WITH ORDINALITY AS u(key, row, ord)"
+)
 RUN_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION lineup_queues_run(
     j_entry text[], j_queue uuid[], j_user text[], j_seq bigint[], j_at bigint[],
@@ -84,7 +90,6 @@ DECLARE
     summary_row jsonb;
     keys text[] := '{{}}';
     summaries jsonb[] := '{{}}';
-    moved bigint;
 BEGIN
     FOR i IN 1 .. cardinality(j_entry) LOOP
         INSERT INTO queue_entries (entry_id, queue_id, event_id, user_id, seq, status, joined_at)
@@ -119,14 +124,8 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO live_dirty (queue_id, position) SELECT * FROM unnest(q_queue, q_first);
-    IF cardinality(keys) > 0 THEN
-        UPDATE change_feed_head SET cursor = cursor + cardinality(keys) RETURNING cursor INTO moved;
-        IF moved IS NOT NULL THEN
-            INSERT INTO change_feed (cursor, query, args, key, op, row)
-            SELECT moved - cardinality(keys) + u.ord, 'queue.summary', u.key, u.key, 'upsert', u.row
-            FROM unnest(keys, summaries) WITH ORDINALITY AS u(key, row, ord);
-            PERFORM pg_notify('{changes.CHANNEL}', moved::text);
-        END IF;
+    IF cardinality(keys) > 0 THEN{PUBLISH_SUMMARIES};
+        PERFORM{changes.NOTIFY.removeprefix("SELECT")};
     END IF;
 END
 $body$;

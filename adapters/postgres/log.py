@@ -51,11 +51,21 @@ def topic_page(
     position read up to. Only those topics cross the wire, each page is an index range scan however
     long the backlog, and since every position up to `head` is visible (see above), a short page
     means the window was read to its end."""
-    stop = min(head, position + SCAN_WINDOW)
     page = app.recorder.select_notifications(
-        start=position, limit=limit, stop=stop, topics=list(topics), inclusive_of_start=False
+        start=position, limit=limit, stop=_window_end(position, head), topics=list(topics), inclusive_of_start=False
     )
-    return page, page[-1].id if len(page) == limit else stop
+    return page, _read_up_to(page, position, head, limit)
+
+
+def _window_end(position: int, head: int) -> int:
+    """The last position a page after `position` may span: the head, at most `SCAN_WINDOW` on."""
+    return min(head, position + SCAN_WINDOW)
+
+
+def _read_up_to(page: Sequence[Notification], position: int, head: int, limit: int) -> int:
+    """How far a page read after `position` has read the log: to its last event when it is full
+    (more may follow), else to the end of its window (never behind `position`)."""
+    return page[-1].id if len(page) == limit else max(position, _window_end(position, head))
 
 
 # The log head and a shared page after it, in one statement (one snapshot: every position up to the
@@ -104,8 +114,7 @@ class SharedPage:
             for row in rows
             if row["notification_id"] is not None
         ]
-        stop = max(after, min(head, after + SCAN_WINDOW))
-        return cls(head, after, notifications[-1].id if len(notifications) == limit else stop, notifications)
+        return cls(head, after, _read_up_to(notifications, after, head, limit), notifications)
 
     def events_for(self, position: int, topics: set[str]) -> tuple[list[Notification], int] | None:
         """A reader's events after `position` and the position it has then read up to, or None

@@ -73,6 +73,14 @@ FROM new, head, counted
 """  # noqa: S608 - `select` is one of the writers' constant statements
 
 
+def columns(names: str, rows: list[Any]) -> dict[str, list[Any]]:
+    """Rows of tuples as one array per column, named in order: the parameters of a statement that
+    writes a batch's rows from arrays (`unnest`)."""
+    keys = names.split()
+    arrays = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in keys]
+    return dict(zip(keys, arrays, strict=True))
+
+
 def append(cursor: psycopg.Cursor[Any], changes: list[tuple[str, str, str, str, str | None]]) -> None:
     """Append (query, args, key, op, row json) changes in the caller's transaction, in order."""
     if not changes:

@@ -262,9 +262,9 @@ class _Run:
         queues = self.queues if at is None else {queue_id: self.queues.get(queue_id, 0) for queue_id in at}
         queue_ids = sorted(queues)
         return {
-            **_columns("j_entry j_queue j_user j_seq j_at", self.joined),
-            **_columns("c_entry c_at", self.called),
-            **_columns("f_entry f_queue f_status f_reason f_at", self.finished),
+            **changes.columns("j_entry j_queue j_user j_seq j_at", self.joined),
+            **changes.columns("c_entry c_at", self.called),
+            **changes.columns("f_entry f_queue f_status f_reason f_at", self.finished),
             "q_queue": queue_ids,
             "q_waiting": [queues[queue_id] for queue_id in queue_ids],
             "q_average": [self.averages.get(queue_id) for queue_id in queue_ids],
@@ -272,13 +272,6 @@ class _Run:
             "q_first": [first[queue_id] if first else None for queue_id in queue_ids],
             "publish": at is not None,
         }
-
-
-def _columns(names: str, rows: list[Any]) -> dict[str, list[Any]]:
-    """Rows of tuples as one array per column, named in order."""
-    keys = names.split()
-    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in keys]
-    return dict(zip(keys, columns, strict=True))
 
 
 class QueuesReader:

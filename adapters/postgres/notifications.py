@@ -60,8 +60,8 @@ INSERT = changes.publish(
     FROM n""",  # noqa: S608 - constants
     ctes="""n AS (
         INSERT INTO notifications (notification_id, user_id, type, data, created_at, expires_at, position)
-        SELECT * FROM unnest(%(ids)s::text[], %(users)s::text[], %(kinds)s::text[], %(data)s::jsonb[],
-            %(created)s::bigint[], %(expires)s::bigint[], %(positions)s::bigint[])
+        SELECT * FROM unnest(%(ids)b::text[], %(users)b::text[], %(kinds)b::text[], %(data)b::jsonb[],
+            %(created)b::bigint[], %(expires)b::bigint[], %(positions)b::bigint[])
         ON CONFLICT (notification_id) DO NOTHING
         RETURNING *),""",
 )

@@ -58,16 +58,16 @@ PAYMENTS_OF_USER = f"""SELECT p.payment_id AS key, {PAYMENT_ROW} AS row FROM pay
 PUBLISH = changes.publish(
     f"""SELECT 'stripe.account'::text AS query, r.user_id AS args, r.account_id AS key, 'remove'::text AS op,
         NULL::jsonb AS row, r.ord AS ord
-    FROM unnest(%(unlinked_accounts)s::text[], %(unlinked_users)s::text[])
+    FROM unnest(%(unlinked_accounts)b::text[], %(unlinked_users)b::text[])
         WITH ORDINALITY AS r(account_id, user_id, ord)
     UNION ALL
     SELECT 'stripe.account', a.user_id, a.account_id, 'upsert', {ACCOUNT_ROW},
         1000000 + row_number() OVER (ORDER BY a.account_id)
-    FROM stripe_accounts a WHERE a.account_id = ANY(%(accounts)s) AND a.user_id IS NOT NULL
+    FROM stripe_accounts a WHERE a.account_id = ANY(%(accounts)b) AND a.user_id IS NOT NULL
     UNION ALL
     SELECT 'payments.user', p.user_id, p.payment_id, 'upsert', {PAYMENT_ROW},
         2000000 + row_number() OVER (ORDER BY p.payment_id)
-    FROM payments p WHERE p.payment_id = ANY(%(payments)s) AND p.user_id IS NOT NULL"""  # noqa: S608 - constants
+    FROM payments p WHERE p.payment_id = ANY(%(payments)b) AND p.user_id IS NOT NULL"""  # noqa: S608 - constants
 )
 
 
@@ -79,8 +79,8 @@ ACCOUNTS = """INSERT INTO stripe_accounts AS a (account_id, user_id, charges_ena
         details_submitted, requirements_due, updated_at)
     SELECT u.account_id, u.user_id, coalesce(u.charges, false), coalesce(u.payouts, false),
         coalesce(u.details, false), coalesce(u.due, '[]'), u.updated_at
-    FROM unnest(%(accounts)s::text[], %(users)s::text[], %(charges)s::boolean[], %(payouts)s::boolean[],
-        %(details)s::boolean[], %(due)s::jsonb[], %(updated)s::bigint[])
+    FROM unnest(%(accounts)b::text[], %(users)b::text[], %(charges)b::boolean[], %(payouts)b::boolean[],
+        %(details)b::boolean[], %(due)b::jsonb[], %(updated)b::bigint[])
         AS u(account_id, user_id, charges, payouts, details, due, updated_at)
     ON CONFLICT (account_id) DO UPDATE SET
         user_id = coalesce(excluded.user_id, a.user_id),
@@ -98,8 +98,8 @@ ACCOUNTS = """INSERT INTO stripe_accounts AS a (account_id, user_id, charges_ena
 # once admitted), in one upsert.
 PAYMENTS = """INSERT INTO payments AS p (payment_id, user_id, amount, currency, status, decline_message, event_id,
         admitted, updated_at)
-    SELECT * FROM unnest(%(payments)s::text[], %(users)s::text[], %(amounts)s::bigint[], %(currencies)s::text[],
-        %(statuses)s::text[], %(declines)s::text[], %(events)s::text[], %(admitted)s::boolean[], %(updated)s::bigint[])
+    SELECT * FROM unnest(%(payments)b::text[], %(users)b::text[], %(amounts)b::bigint[], %(currencies)b::text[],
+        %(statuses)b::text[], %(declines)b::text[], %(events)b::text[], %(admitted)b::boolean[], %(updated)b::bigint[])
     ON CONFLICT (payment_id) DO UPDATE SET
         user_id = coalesce(excluded.user_id, p.user_id), amount = excluded.amount, currency = excluded.currency,
         status = excluded.status, decline_message = excluded.decline_message,
@@ -107,7 +107,7 @@ PAYMENTS = """INSERT INTO payments AS p (payment_id, user_id, amount, currency, 
         updated_at = excluded.updated_at"""
 
 # Payments admitted in a batch that did not record them (recorded in an earlier one).
-ADMITTED = "UPDATE payments SET admitted = true WHERE payment_id = ANY(%(payments)s)"
+ADMITTED = "UPDATE payments SET admitted = true WHERE payment_id = ANY(%(payments)b)"
 
 _ACCOUNT = "accounts users charges payouts details due updated"
 _PAYMENT = "payments users amounts currencies statuses declines events admitted updated"

@@ -123,3 +123,23 @@ def test_ids_are_returned_in_the_order_of_the_batch(recorders: Pair) -> None:
     stored = ours.select_notifications(start=None, limit=100)
     assert ids == [n.id for n in stored]
     assert [n.state for n in stored] == [e.state for e in events]
+
+
+def test_event_states_are_compressed_with_lz4_where_the_server_has_it(
+    datastore: PostgresDatastore, recorders: Pair
+) -> None:
+    _, ours = recorders
+    ours.create_table()  # created again (every start does): the check runs, the ALTER does not repeat
+    with datastore.get_connection() as conn:
+        has_lz4 = conn.execute(
+            "SELECT 'lz4' = ANY(enumvals) AS lz4 FROM pg_settings WHERE name = 'default_toast_compression'"
+        ).fetchone()["lz4"]
+        compression = {
+            row["relname"]: row["attcompression"]
+            for row in conn.execute(
+                "SELECT c.relname, a.attcompression FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+                " WHERE c.relnamespace = %s::regnamespace AND c.relkind = 'r' AND a.attname = 'state'",
+                (f'"{datastore.schema}"',),
+            ).fetchall()
+        }
+    assert compression == {"theirs_events": "", "ours_events": "l" if has_lz4 else ""}

@@ -54,23 +54,6 @@ ACCOUNTS_OF_USER = f"""SELECT a.account_id AS key, {ACCOUNT_ROW} AS row FROM str
 PAYMENTS_OF_USER = f"""SELECT p.payment_id AS key, {PAYMENT_ROW} AS row FROM payments p
     WHERE p.user_id = %(arg)s ORDER BY p.updated_at DESC, p.payment_id DESC"""  # noqa: S608 - constants
 
-# Accounts that left a user (re-linked), then every touched account and payment that has a user.
-PUBLISH = changes.publish(
-    f"""SELECT 'stripe.account'::text AS query, r.user_id AS args, r.account_id AS key, 'remove'::text AS op,
-        NULL::jsonb AS row, r.ord AS ord
-    FROM unnest(%(unlinked_accounts)b::text[], %(unlinked_users)b::text[])
-        WITH ORDINALITY AS r(account_id, user_id, ord)
-    UNION ALL
-    SELECT 'stripe.account', a.user_id, a.account_id, 'upsert', {ACCOUNT_ROW},
-        1000000 + row_number() OVER (ORDER BY a.account_id)
-    FROM stripe_accounts a WHERE a.account_id = ANY(%(accounts)b) AND a.user_id IS NOT NULL
-    UNION ALL
-    SELECT 'payments.user', p.user_id, p.payment_id, 'upsert', {PAYMENT_ROW},
-        2000000 + row_number() OVER (ORDER BY p.payment_id)
-    FROM payments p WHERE p.payment_id = ANY(%(payments)b) AND p.user_id IS NOT NULL"""  # noqa: S608 - constants
-)
-
-
 # A batch's account changes folded per account and applied in one upsert: registered, linked (the
 # user, or NULL when the batch did not link it) and its status (NULL `updated_at` when the batch did
 # not update it). Registration comes before any other event of an account, so a new row takes the
@@ -95,16 +78,45 @@ ACCOUNTS = """INSERT INTO stripe_accounts AS a (account_id, user_id, charges_ena
         updated_at = coalesce(excluded.updated_at, a.updated_at)"""
 
 # A batch's payments folded per payment (the last outcome; user and event id kept once known; admitted
-# once admitted), in one upsert.
-PAYMENTS = """INSERT INTO payments AS p (payment_id, user_id, amount, currency, status, decline_message, event_id,
-        admitted, updated_at)
-    SELECT * FROM unnest(%(payments)b::text[], %(users)b::text[], %(amounts)b::bigint[], %(currencies)b::text[],
-        %(statuses)b::text[], %(declines)b::text[], %(events)b::text[], %(admitted)b::boolean[], %(updated)b::bigint[])
-    ON CONFLICT (payment_id) DO UPDATE SET
-        user_id = coalesce(excluded.user_id, p.user_id), amount = excluded.amount, currency = excluded.currency,
-        status = excluded.status, decline_message = excluded.decline_message,
-        event_id = coalesce(excluded.event_id, p.event_id), admitted = p.admitted OR excluded.admitted,
-        updated_at = excluded.updated_at"""
+# once admitted) upserted, and the batch's changes put on the feed, in one statement: accounts that
+# left a user (re-linked), payments that left one (a later event named another user; the RETURNING
+# subquery reads the row as it was before this statement), then every touched account and payment
+# that has a user. Payments only admitted in this batch were updated before it (ADMITTED).
+PUBLISH = changes.publish(
+    f"""SELECT 'stripe.account'::text AS query, r.user_id AS args, r.account_id AS key, 'remove'::text AS op,
+        NULL::jsonb AS row, r.ord AS ord
+    FROM unnest(%(unlinked_accounts)b::text[], %(unlinked_users)b::text[])
+        WITH ORDINALITY AS r(account_id, user_id, ord)
+    UNION ALL
+    SELECT 'payments.user', up.previous, up.payment_id, 'remove', NULL,
+        1000000 + row_number() OVER (ORDER BY up.payment_id)
+    FROM up WHERE up.previous IS NOT NULL AND up.previous IS DISTINCT FROM up.user_id
+    UNION ALL
+    SELECT 'stripe.account', a.user_id, a.account_id, 'upsert', {ACCOUNT_ROW},
+        2000000 + row_number() OVER (ORDER BY a.account_id)
+    FROM stripe_accounts a WHERE a.account_id = ANY(%(accounts)b) AND a.user_id IS NOT NULL
+    UNION ALL
+    SELECT 'payments.user', p.user_id, p.payment_id, 'upsert', {PAYMENT_ROW},
+        3000000 + row_number() OVER (ORDER BY p.payment_id)
+    FROM (SELECT payment_id, user_id, amount, currency, status, decline_message, event_id, admitted, updated_at
+          FROM up
+          UNION ALL
+          SELECT payment_id, user_id, amount, currency, status, decline_message, event_id, admitted, updated_at
+          FROM payments WHERE payment_id = ANY(%(admitted_only)b)) AS p
+    WHERE p.user_id IS NOT NULL""",  # noqa: S608 - constants
+    ctes="""up AS (
+        INSERT INTO payments AS p (payment_id, user_id, amount, currency, status, decline_message, event_id,
+            admitted, updated_at)
+        SELECT * FROM unnest(%(payments)b::text[], %(users)b::text[], %(amounts)b::bigint[],
+            %(currencies)b::text[], %(statuses)b::text[], %(declines)b::text[], %(events)b::text[],
+            %(admitted)b::boolean[], %(updated)b::bigint[])
+        ON CONFLICT (payment_id) DO UPDATE SET
+            user_id = coalesce(excluded.user_id, p.user_id), amount = excluded.amount, currency = excluded.currency,
+            status = excluded.status, decline_message = excluded.decline_message,
+            event_id = coalesce(excluded.event_id, p.event_id), admitted = p.admitted OR excluded.admitted,
+            updated_at = excluded.updated_at
+        RETURNING p.*, (SELECT o.user_id FROM payments o WHERE o.payment_id = p.payment_id) AS previous),""",
+)
 
 # Payments admitted in a batch that did not record them (recorded in an earlier one).
 ADMITTED = "UPDATE payments SET admitted = true WHERE payment_id = ANY(%(payments)b)"
@@ -192,8 +204,6 @@ class PostgresStripeWriter(StripeWriter):
             return
         if self._accounts:
             self.cursor.execute(ACCOUNTS, changes.columns(_ACCOUNT, list(self._accounts.values())))
-        if self._payments:
-            self.cursor.execute(PAYMENTS, changes.columns(_PAYMENT, list(self._payments.values())))
         if self._admitted:
             self.cursor.execute(ADMITTED, {"payments": sorted(self._admitted)}, prepare=changes.UNPREPARED)
         self.cursor.execute(
@@ -202,7 +212,8 @@ class PostgresStripeWriter(StripeWriter):
                 "unlinked_accounts": [account for account, _ in self._unlinked],
                 "unlinked_users": [user for _, user in self._unlinked],
                 "accounts": sorted(self._accounts),
-                "payments": sorted({*self._payments, *self._admitted}),
+                "admitted_only": sorted(self._admitted),
+                **changes.columns(_PAYMENT, [self._payments[key] for key in sorted(self._payments)]),
             },
             prepare=changes.UNPREPARED,
         )

@@ -37,7 +37,7 @@ payment_call = st.one_of(
     st.tuples(
         st.just("record"),
         st.sampled_from(PAYMENTS),
-        st.none() | st.just("u1"),  # a payment's user does not change (see the next commit)
+        st.none() | st.sampled_from(USERS),  # a later event may name another user
         st.integers(0, 10_000),
         st.sampled_from(["usd", "eur"]),
         st.sampled_from(["succeeded", "failed"]),

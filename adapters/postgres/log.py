@@ -69,15 +69,18 @@ def _read_up_to(page: Sequence[Notification], position: int, head: int, limit: i
 
 
 # The log head and a shared page after it, in one statement (one snapshot: every position up to the
-# head it reads is visible, see above); one row with a NULL event when the page is empty.
+# head it reads is visible, see above); one row with a NULL event when the page is empty. The
+# parameters are cast: psycopg sends an int by its value's size, and `after + window` as two
+# smallints overflowed from position 22,768 on, failing every round from there.
 HEAD_AND_PAGE = """
 SELECT h.head, e.notification_id, e.originator_id, e.originator_version, e.topic, e.state
 FROM (SELECT max(notification_id) AS head FROM {table}) AS h
 LEFT JOIN LATERAL (
     SELECT * FROM {table}
-    WHERE notification_id > %(after)s AND notification_id <= LEAST(h.head, %(after)s + %(window)s)
+    WHERE notification_id > %(after)s::bigint
+        AND notification_id <= LEAST(h.head, %(after)s::bigint + %(window)s::bigint)
         AND topic = ANY(%(topics)s)
-    ORDER BY notification_id LIMIT %(limit)s
+    ORDER BY notification_id LIMIT %(limit)s::bigint
 ) AS e ON true
 """
 

@@ -318,8 +318,9 @@ def match(
 
 def wait_caught_up(
     server: Server, secret: str, queues: list[str], sent: list[Sent], start_waiting: dict[int, int]
-) -> float:
-    """Seconds until every queue's summary (GET) shows all the load's commands, plus 1 s for the frames."""
+) -> float | None:
+    """Seconds until every queue's summary (GET) shows all the load's commands, plus 1 s for the frames
+    (None: not within CATCH_UP_LIMIT)."""
     token = issue(secret, "bench-reader", ttl=3600)
     began = time.monotonic()
     for q, event_id in enumerate(queues):
@@ -330,6 +331,8 @@ def wait_caught_up(
             if status == 200 and body["waiting"] == expected:
                 break
             time.sleep(0.2)
+        else:
+            return None
     time.sleep(1.0)
     return round(time.monotonic() - began, 1)
 
@@ -372,6 +375,9 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         cpu1, pg1 = tree_cpu(server.process.pid), postgres_cpu()
         caught_up = wait_caught_up(server, secret, queues, sent, start_waiting)
         frames = pool.collect_frames(0)
+        logged_errors = server.logged_errors()
+        if caught_up is None or logged_errors:
+            print(f"server log (tail):\n{server.log_tail()}", file=sys.stderr)
         ranks = leave_ranks(args.database_url, schema)
     except Exception:
         print(f"server log (tail):\n{server.log_tail()}", file=sys.stderr)
@@ -398,6 +404,7 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         "late_p99_ms": round(percentile(late, 0.99), 2),
         "frames": len(frames),
         "caught_up_after_s": caught_up,
+        "logged_errors": len(logged_errors),
         "server_cpu_s": round(cpu1 - cpu0, 2),
         "postgres_cpu_s": round(pg1 - pg0, 2),
         "machine_busy": round((busy1 - busy0) / max(1e-9, total1 - total0), 3),
@@ -414,8 +421,13 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
     print(
         f"  {result['ok']:,} commands ok at {result['achieved_per_s']:,.0f}/s (errors {result['errors']}), HTTP p50 /"
         f" p99 {result['http_p50_ms']:.1f} / {result['http_p99_ms']:.1f} ms,"
-        f" pacing late p99 {result['late_p99_ms']:.1f} ms; {result['frames']:,} change frames (read side caught up"
-        f" {result['caught_up_after_s']} s after the load);"
+        f" pacing late p99 {result['late_p99_ms']:.1f} ms; {result['frames']:,} change frames ("
+        + (
+            f"read side caught up {result['caught_up_after_s']} s after the load"
+            if result["caught_up_after_s"] is not None
+            else f"read side NOT caught up within {CATCH_UP_LIMIT:.0f} s"
+        )
+        + f"; server log: {result['logged_errors']} errors);"
         f" server CPU {result['server_cpu_s']} s, PostgreSQL (every postgres process of the machine)"
         f" {result['postgres_cpu_s']} s; machine busy {result['machine_busy']:.0%}",
         flush=True,

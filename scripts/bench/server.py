@@ -113,6 +113,13 @@ class Server:
                 self.process.wait(timeout=10)
         return self.process.returncode
 
+    def logged_errors(self) -> list[str]:
+        """The server log's ERROR lines (a projection that failed and retried logs one per attempt)."""
+        try:
+            return [line for line in self.log_path.read_text(errors="replace").splitlines() if " ERROR " in line]
+        except OSError:
+            return []
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -421,7 +421,8 @@ def report(
         f" ({project['recorded_ids']:,} distinct) / {load.distinct_accepted:,}"
         f"  -> {'exactly once' if project['exactly_once'] else 'MISMATCH'}",
         "  processing drained after the load:                       "
-        + (f"{drained:.1f} s" if drained is not None else f"NOT within {DRAIN_TIMEOUT:.0f} s"),
+        + (f"{drained:.1f} s" if drained is not None else f"NOT within {DRAIN_TIMEOUT:.0f} s")
+        + f" (server log: {project['logged_errors']} errors)",
         f"  CPU over the window (cores of {cpu['cores']}): server {cpu['server_cores']}, postgres"
         f" {cpu['postgres_cores']}, senders {cpu['sender_cores']}, machine busy {cpu['machine_busy_fraction']:.0%}",
         f"  senders: {load.procs} processes, {load.senders} keep-alive HTTP/1.1 connections, asyncio raw HTTP",
@@ -459,6 +460,7 @@ def report(
         "distinct_accepted": load.distinct_accepted,
         "exactly_once": project["exactly_once"],
         "drained_s": None if drained is None else round(drained, 2),
+        "logged_errors": project["logged_errors"],
         "senders": load.senders,
         "cpu": cpu,
         "floor": None
@@ -522,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
             database_url=args.database_url, schema=schema, secret=jwt_secret, host=HOST, port=port, workdir=workdir
         )
         project = measure(args, server, webhook_secret)
+        project["logged_errors"] = len(server.logged_errors())
+        if project["logged_errors"] or project["drained_s"] is None:
+            print(f"server log (tail):\n{server.log_tail()}", file=sys.stderr)
         code = server.stop()
         if code not in (0, None, -signal.SIGTERM):
             print(f"server exited with {code}:\n{server.log_tail()}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,22 +63,30 @@ def test_a_shared_page_serves_every_reader_as_its_own_read_would(container: Cont
     assert (at_head.head, at_head.last, list(at_head.notifications)) == (head, head, [])
 
 
-def test_a_page_reads_past_where_small_positions_end(container: Container) -> None:
-    """psycopg sends a small int as a smallint: `after + window` was computed in smallint, and from
-    log position 22,768 on (22,768 + 10,000 > 32,767) every round failed on the same page, so the
-    projections stopped for good at a few tens of thousands of events."""
+@pytest.mark.parametrize(
+    ("start", "afters"),
+    [
+        (25_000, (22_767, 25_000, 25_002, 32_767)),  # smallint: after + window > 32,767
+        (2_147_483_000, (2_147_473_648, 2_147_483_000, 2_147_483_002)),  # integer: > 2,147,483,647
+    ],
+)
+def test_a_page_reads_past_where_small_positions_end(container: Container, start: int, afters: tuple[int, ...]) -> None:
+    """psycopg sends an int as the smallest integer type its value fits: `after + window` was
+    computed in that type, and from log position 22,768 on (22,768 + 10,000 > 32,767) every round
+    failed on the same page, so the projections stopped for good at a few tens of thousands of
+    events (and again before position 2^31, in integer)."""
     recorder = container.queues.recorder
     table = f'"{recorder.datastore.schema}".{recorder.events_table_name}'  # type: ignore[attr-defined]
     with container.database.connect() as conn:
-        conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'notification_id'), 25000)")
+        conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'notification_id'), {start:d})")
     container.queues.execute([OpenQueue("far", OWNER, "Far")], 1_000)
     for i in range(3):
         container.queues.execute([JoinQueue("far", Caller(f"u{i}"), str(uuid.uuid4()))], 2_000 + i)
     log = [(n.id, n.topic) for n in container.queues.recorder.select_notifications(start=0, limit=100)]
     head = log[-1][0]
-    assert [position for position, _ in log] == list(range(25_001, head + 1))
+    assert [position for position, _ in log] == list(range(start + 1, head + 1))
     topics = {topic for _, topic in log}
-    for after in (22_767, 25_000, 25_002, 32_767):
+    for after in afters:
         page = SharedPage.read(container.queues, after, topics, 10)
         assert page.head == head
         assert [n.id for n in page.notifications] == [position for position, _ in log if position > after]

@@ -71,9 +71,16 @@ CREATE INDEX IF NOT EXISTS live_dirty_queue ON live_dirty (queue_id);
 # the batch, only ever inserted by the projector and deleted by the publication that covers it.
 # No unique key on purpose: a batch marking a queue that is being published must not wait for that
 # publication (with one row per queue it waited on the row lock of the publisher's DELETE, i.e. for
-# the whole publication, and so did that queue's summary frame). The queues projection's batches
-# insert their marks inside `lineup_queues_run` (queues.py); this statement is the same insert.
-MARK_DIRTY = "INSERT INTO live_dirty (queue_id, position) SELECT * FROM unnest(%s::uuid[], %s::bigint[])"
+# the whole publication, and so did that queue's summary frame).
+
+
+def mark_dirty(queue_ids: str, positions: str) -> str:
+    """The insert of marks from two arrays given as SQL expressions: parameters here, the variables of
+    `lineup_queues_run` (queues.py), where the queues projection's batches insert theirs."""
+    return f"INSERT INTO live_dirty (queue_id, position) SELECT * FROM unnest({queue_ids}, {positions})"  # noqa: S608 - constants
+
+
+MARK_DIRTY = mark_dirty("%s::uuid[]", "%s::bigint[]")
 OLDEST_MARK = "SELECT min(position) AS position FROM live_dirty"
 
 # Publications of entry rows are serialized database-wide, and with `lineup rebuild`'s switch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from adapters.postgres import changes
+from adapters.postgres import changes, live_rows
 from domain.queue import CALLED, CANCELLED, CLOSED, CLOSED_REASON, WAITING, EntryView, estimated_time
 from projections.queues import QueuesWriter
 
@@ -56,6 +56,13 @@ SUMMARY_ROW = """jsonb_build_object(
     'avg_service_seconds', (s.average_ms / 1000.0)::float8, 'owner_id', s.owner_id,
     'capacity', s.capacity, 'requires_payment', s.requires_payment)"""
 
+# The summaries the run function collected (its variables `keys` and `summaries`), onto the feed the
+# way every writer's rows go (`changes.publish`: numbered after the moved head; no head row, nothing).
+PUBLISH_SUMMARIES = changes.publish(
+    "SELECT 'queue.summary'::text AS query, u.key AS args, u.key AS key, 'upsert'::text AS op, u.row AS row,"
+    " u.ord AS ord FROM unnest(keys, summaries) WITH ORDINALITY AS u(key, row, ord)"
+)
+
 # A run of entry changes (each entry at most once) in one call: the joins, calls and finishes, then
 # each queue's summary once: its waiting count moved by the run's deltas (joins +1 and calls -1
 # counted by the writer; a finished entry -1 when it was still waiting, which only its row knows),
@@ -68,12 +75,6 @@ SUMMARY_ROW = """jsonb_build_object(
 # and plan (unprepared, as statements joining key sets must be: changes.UNPREPARED). Here every
 # statement looks up one key, so the plans PL/pgSQL keeps use the primary keys whatever the table's
 # size when they were made.
-# The summaries the run function collected (its variables `keys` and `summaries`), onto the feed the
-# way every writer's rows go (`changes.publish`: numbered after the moved head; no head row, nothing).
-PUBLISH_SUMMARIES = changes.publish(
-    "SELECT 'queue.summary'::text AS query, u.key AS args, u.key AS key, 'upsert'::text AS op, u.row AS row,"
-    " u.ord AS ord FROM unnest(keys, summaries) WITH ORDINALITY AS u(key, row, ord)"
-)
 RUN_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION lineup_queues_run(
     j_entry text[], j_queue uuid[], j_user text[], j_seq bigint[], j_at bigint[],
@@ -123,7 +124,7 @@ BEGIN
     IF NOT publish THEN
         RETURN;
     END IF;
-    INSERT INTO live_dirty (queue_id, position) SELECT * FROM unnest(q_queue, q_first);
+    {live_rows.mark_dirty("q_queue", "q_first")};
     IF cardinality(keys) > 0 THEN{PUBLISH_SUMMARIES};
         PERFORM{changes.NOTIFY.removeprefix("SELECT")};
     END IF;

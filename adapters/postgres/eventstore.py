@@ -72,10 +72,10 @@ $body$
 
 
 # An event's state (a Stripe event is ~6 KB of JSON) is past PostgreSQL's TOAST threshold and
-# compressed inline; pglz, the default, took about twice lz4's time to insert it (measured: 5,000
-# rows of a Stripe event's state, 545 ms against 280 ms). lz4 where the server was built with it
-# (Debian's is; the embedded one is not), set once: the ALTER takes the table's strongest lock.
-# Rows already stored keep their compression.
+# compressed inline; pglz, the default, took about 1.75 times lz4's time to insert it (5,000 Stripe
+# event states: scripts/bench/state_compression.py, docs/benchmarks.md), for a table ~28 % smaller.
+# lz4 where the server was built with it (Debian's is; the embedded one is not), set once: the ALTER
+# takes the table's strongest lock. Rows already stored keep their compression.
 LZ4_STATE = """
 DO $lz4$ BEGIN
     IF EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals))

@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sockets", type=int, default=100, help="sustained: sockets, socket i follows queue i %% queues"
     )
+    parser.add_argument(
+        "--window", type=float, default=5.0, help="sustained: also report the latency per window of this many seconds"
+    )
     parser.add_argument("--load-procs", type=int, default=2, help="sustained: load-generator processes")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -260,6 +263,7 @@ def match(
     queues: list[str],
     start_waiting: dict[int, int],
     ranks: dict[str, int],
+    window: float,
 ) -> dict[str, Any]:
     """Per (command, socket following its queue): the first change frame whose `waiting` includes the command.
 
@@ -286,6 +290,8 @@ def match(
         unordered += sum(1 for a, b in itertools.pairwise(keys[socket]) if b < a)
     from_ack: list[float] = []
     from_sent: list[float] = []
+    by_window: dict[int, list[float]] = collections.defaultdict(list)
+    began = min((command.sent_ns for command in sent), default=0)
     missing = early = 0
     for command in sent:
         if not 200 <= command.status < 300:
@@ -305,9 +311,12 @@ def match(
             early += arrived < command.acked_ns
             from_ack.append((arrived - command.acked_ns) / 1e6)
             from_sent.append((arrived - command.sent_ns) / 1e6)
+            by_window[(command.sent_ns - began) // int(window * 1e9)].append(from_ack[-1])
     return {
         "from_ack": stats(from_ack),
         "from_sent": stats(from_sent),
+        # commit -> socket per `window` s of the load (by when the command was sent): steady, spikes, or growing
+        "windows": [{"from_s": w * window, **stats(by_window[w])} for w in sorted(by_window)],
         "pairs": len(from_ack),
         "missing": missing,
         "before_ack": early,
@@ -408,7 +417,7 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         "server_cpu_s": round(cpu1 - cpu0, 2),
         "postgres_cpu_s": round(pg1 - pg0, 2),
         "machine_busy": round((busy1 - busy0) / max(1e-9, total1 - total0), 3),
-        **match(sent, frames, queues, start_waiting, ranks),
+        **match(sent, frames, queues, start_waiting, ranks, args.window),
     }
     lat = result["from_ack"]
     print(
@@ -416,6 +425,11 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         f" over {result['pairs']:,} (command, socket) pairs, {result['missing']} missing,"
         f" {result['before_ack']} read before the HTTP answer; from the request: p50 {result['from_sent']['p50']:.1f}"
         f" / p99 {result['from_sent']['p99']:.1f} ms",
+        flush=True,
+    )
+    print(
+        f"  per {args.window:g} s of the load, p50 / p99 ms: "
+        + ", ".join(f"{w['p50']:.1f} / {w['p99']:.1f}" for w in result["windows"]),
         flush=True,
     )
     print(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import multiprocessing as mp
 import signal
@@ -131,6 +132,11 @@ async def _client(pipe: Any, spec: Spec) -> None:
 
 
 def client_main(pipe: Any, spec: Spec) -> None:
+    # The measuring processes run without the cyclic garbage collector: they live for one run and
+    # keep what they record, so a full collection walked more objects each time, and one paused a
+    # process for 40-90 ms in a 30 s run at 1,000 commands/s (gc.callbacks, 2026-12-01 17:35), which
+    # showed as latency of the server. Lineup's sockets and the bare server's use the same clients.
+    gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; Ctrl-C must not leave tracebacks
     try:
         import uvloop

@@ -230,7 +230,7 @@ def build(settings: Settings, *, projectors: bool = True, elect: bool = True) ->
                 progress,
                 published,
                 processors=container.processors,
-                publishers=[live_rows.LiveRowsPublisher(pool), Cleanup(pool)] if elect else [],
+                publishers=[live_rows.LiveRowsPublisher(pool, database), Cleanup(pool)] if elect else [],
                 elect=elect,
             )
     except BaseException:

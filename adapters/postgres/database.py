@@ -31,7 +31,7 @@ class Database:
     def params(self) -> dict[str, Any]:
         """The URL's parts (host may be a unix-socket directory), with the schema as search path and no JIT."""
         params = conninfo_to_dict(self.url)
-        # jit=off: the change-feed statements (live_rows.PUBLISH above all) are planned with CTE row
+        # jit=off: the change-feed statements (live_rows.STAGE above all) are planned with CTE row
         # estimates far above the real ones, which crosses jit_above_cost; compiling them took 1.77 s
         # of a 1.82 s publication of a 500-entry queue (EXPLAIN ANALYZE), and short statements never
         # win that back. Per connection, so a server's other databases keep their setting.

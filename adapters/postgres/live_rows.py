@@ -11,16 +11,18 @@ Every publication rewrites all of a queue's rows (each estimated time moves with
 latest event), so under load publications are coalesced: a queue is published at most once per
 max(`MIN_SPACING`, min(`MAX_SPACING`, W x c / `DUTY`)) seconds, W being the waiting entries of all
 dirty queues and c the measured seconds a publication takes per waiting entry (a moving average).
-So publishing takes at most about `DUTY` of the time, however many and however long the queues are
-and however fast the machine: while a publication writes its feed rows it holds the feed head,
-which the projector's summary changes wait for. Measured: republishing five ~500-entry queues after
-every round kept the publication statement active in 90 of 150 samples of pg_stat_activity at
-1,000 commands/s (2026-12-01); with the rule before this one, a fixed 4,000 waiting entries per
-second, PostgreSQL used 7.9 s of CPU in a 10 s run at 100 commands/s on a slower machine (4.6-4.9 s
-with this rule), and summary frames waited behind it: commit -> socket p50 18-20 ms, 7-9 ms with
-this rule (docs/benchmarks.md). The first change after a quiet spell is published at once (the
-spacing counts from the last publication), so a quiet queue's subscribers see it move immediately,
-a busy one's at that rate.
+After each publication the publisher rests for (1 - `DUTY`) / `DUTY` times as long as it took, so
+publishing takes at most about `DUTY` of the time over any stretch, however many and however long
+the queues are and however fast the machine; and a publication appends its changes in chunks of
+`CHUNK`, each in its own transaction, because while a transaction appends to the feed it holds the
+feed head, which the projector's summary changes wait for. Measured: republishing five ~500-entry
+queues after every round kept the publication statement active in 90 of 150 samples of
+pg_stat_activity at 1,000 commands/s (2026-12-01); with the rule before the spacing, a fixed 4,000
+waiting entries per second, PostgreSQL used 7.9 s of CPU in a 10 s run at 100 commands/s on a
+slower machine (4.6-4.9 s with it), and summary frames waited behind it: commit -> socket p50
+18-20 ms, 7-9 ms with the spacing (docs/benchmarks.md). The first change after a quiet spell is
+published at once (the spacing counts from the last publication), so a quiet queue's subscribers
+see it move immediately, a busy one's at that rate.
 Snapshots of these queries read `live_rows`, i.e. exactly what the feed has published.
 """
 
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
     import psycopg
     from psycopg_pool import ConnectionPool
+
+    from adapters.postgres.database import Database
 
 MIN_SPACING = 0.1  # seconds between two publications of one queue, at least
 MAX_SPACING = 10.0  # ... and at most, whatever they cost (a 25k-entry queue still moves every 10 s)
@@ -65,6 +69,10 @@ DO $$ BEGIN
     END IF;
 END $$;
 CREATE INDEX IF NOT EXISTS live_dirty_queue ON live_dirty (queue_id);
+CREATE UNLOGGED TABLE IF NOT EXISTS live_publication (
+    seq bigint PRIMARY KEY, query text NOT NULL, args text NOT NULL, key text NOT NULL, op text NOT NULL,
+    row jsonb, ord bigint NOT NULL
+);
 """
 
 # A mark is a row per (projection batch, queue) with the log position of the queue's first event in
@@ -83,19 +91,37 @@ def mark_dirty(queue_ids: str, positions: str) -> str:
 MARK_DIRTY = mark_dirty("%s::uuid[]", "%s::bigint[]")
 OLDEST_MARK = "SELECT min(position) AS position FROM live_dirty"
 
-# Publications of entry rows are serialized database-wide, and with `lineup rebuild`'s switch
-# (which takes the same lock): two publications of one queue computed from different snapshots
-# could otherwise commit in the wrong order and leave an older state on the feed and in live_rows.
-# It is the first lock of the transaction, so it is never waited for while holding the feed head.
-LOCK = "LOCK TABLE live_rows IN SHARE ROW EXCLUSIVE MODE"
+# Publications of entry rows are serialized database-wide, and with `lineup rebuild`'s switch, by
+# a session advisory lock on this name (`Database.lock_key`): a publication spans transactions (see
+# below), and two publications of one queue computed from different snapshots could otherwise
+# commit in the wrong order and leave an older state on the feed and in live_rows. The switch takes
+# it (for its transaction) before its table locks, so neither ever waits for the other while
+# holding what the other needs.
+PUBLICATIONS = "live_rows publications"
+CHUNK = 500  # changes appended per transaction: the feed head is held ~5 ms, not for a whole queue
 
-# One statement does the whole publication inside PostgreSQL (no row crosses into Python):
-# the queue's rows now, the difference from live_rows, the change-feed rows numbered after the
-# moved head, live_rows brought up to date, and the queue's dirty marks cleared: exactly those this
-# statement's snapshot sees, i.e. covered by the rows it computed (a mark committed later stays, for
-# the next publication). The estimated time is domain.queue.estimated_time
-# (latest event + position * average); tests compare these rows with the HTTP answers.
-PUBLISH = """
+# A publication stages its changes first and then appends them in chunks of `CHUNK` changes, each
+# chunk with its live_rows writes in one transaction, so that the feed head, which every other writer
+# of the feed waits for (the projector's summary changes above all), is never held for long. As one
+# statement, a ~3,000-entry queue's publication (6,000 changes) held the head for 72-140 ms; staged
+# and appended at once, for the 20-45 ms of the append and commit: the summary frames behind it
+# missed 25 ms by far either way (commit -> socket p99 39-83 ms at 1,000 commands/s, 13-20 ms with
+# publications held back; docs/benchmarks.md, 2026-12-01 17:40).
+#
+# Every chunk leaves live_rows and the feed as one: a snapshot (which reads live_rows) between two
+# chunks shows exactly the state a client has after applying the feed up to that cursor, one change
+# frame at a time. The queue's dirty marks that the staging saw are cleared with the last chunk; a
+# mark committed later (its position is higher: the projector marks in log order) stays for the
+# next publication, which publishes what moved after the staging.
+#
+# STAGE, inside PostgreSQL (no row crosses into Python): the queue's rows now, the difference from
+# live_rows, numbered in publication order (`seq`) in the `live_publication` scratch table (leftovers
+# of a publication that failed half-way are dropped first: it is published again, as its marks
+# stayed). The estimated time is domain.queue.estimated_time (latest event + position * average);
+# tests compare these rows with the HTTP answers. The scratch table is unlogged: nothing in it
+# survives a crash or needs to.
+CLEAR_LEFTOVERS = "DELETE FROM live_publication"
+STAGE = """
 WITH q AS (SELECT queue_id, last_event_at, average_ms FROM queue_summary WHERE queue_id = %(q)s),
 live AS (
     SELECT e.entry_id, e.event_id, e.user_id, e.status, e.seq, e.joined_at,
@@ -118,24 +144,42 @@ diff AS (
     UNION ALL
     SELECT 1, f.query, f.args, f.key, 'upsert', f.row, f.ord
     FROM fresh f LEFT JOIN old o USING (query, args, key) WHERE o.row IS DISTINCT FROM f.row),
-counted AS (SELECT count(*) AS n FROM diff),
-head AS (UPDATE change_feed_head SET cursor = cursor + (SELECT n FROM counted) RETURNING cursor),
-feed AS (
-    INSERT INTO change_feed (cursor, query, args, key, op, row)
-    SELECT head.cursor - (SELECT n FROM counted)
-            + row_number() OVER (ORDER BY d.kind, d.query, d.args, d.ord, d.key),
-        d.query, d.args, d.key, d.op, d.row
-    FROM diff d, head),
+staged AS (
+    INSERT INTO live_publication (seq, query, args, key, op, row, ord)
+    SELECT row_number() OVER (ORDER BY kind, query, args, ord, key), query, args, key, op, row, ord FROM diff
+    RETURNING 1)
+SELECT (SELECT count(*) FROM staged) AS n,
+    (SELECT max(position) FROM live_dirty WHERE queue_id = %(q)s) AS marked
+"""
+
+# The next `size` staged changes: onto live_rows and the feed (numbered after the moved head).
+APPEND = changes.publish(
+    "SELECT query, args, key, op, row, seq AS ord FROM chunk",
+    """chunk AS (
+    DELETE FROM live_publication WHERE seq < (SELECT min(seq) FROM live_publication) + %(size)s RETURNING *),
 removed AS (
-    DELETE FROM live_rows l USING diff d
-    WHERE d.op = 'remove' AND l.query = d.query AND l.args = d.args AND l.key = d.key),
+    DELETE FROM live_rows l USING chunk c
+    WHERE c.op = 'remove' AND l.query = c.query AND l.args = c.args AND l.key = c.key),
 upserted AS (
     INSERT INTO live_rows (query, args, key, queue_id, ord, row)
-    SELECT query, args, key, %(q)s, ord, row FROM diff WHERE op = 'upsert'
-    ON CONFLICT (query, args, key) DO UPDATE SET ord = excluded.ord, row = excluded.row),
-cleared AS (DELETE FROM live_dirty WHERE queue_id = %(q)s)
-SELECT n FROM counted
-"""
+    SELECT query, args, key, %(q)s, ord, row FROM chunk WHERE op = 'upsert'
+    ON CONFLICT (query, args, key) DO UPDATE SET ord = excluded.ord, row = excluded.row),""",
+)
+CLEAR = "DELETE FROM live_dirty WHERE queue_id = %(q)s AND position <= %(marked)s"
+
+
+def publish(cursor: psycopg.Cursor[Any], queue_id: UUID) -> int:
+    """Publish a queue's entry rows whole in the caller's transaction, which holds the `PUBLICATIONS`
+    lock (the rebuild's switch); returns how many changes went on the feed (the caller sends
+    `changes.NOTIFY` when there were any)."""
+    cursor.execute(CLEAR_LEFTOVERS)
+    row = cursor.execute(STAGE, {"q": queue_id}).fetchone()
+    staged = int(row["n"]) if row else 0
+    if staged:
+        cursor.execute(APPEND, {"q": queue_id, "size": staged})
+    if row and row["marked"] is not None:
+        cursor.execute(CLEAR, {"q": queue_id, "marked": row["marked"]})
+    return staged
 
 
 def publication_spacing(waiting: int, cost: float) -> float:
@@ -147,14 +191,16 @@ def publication_spacing(waiting: int, cost: float) -> float:
 class LiveRowsPublisher:
     """Runs on the projecting process's publisher thread (`ProjectorThread._publish`), beside the rounds."""
 
-    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
-        self.pool = pool
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]], database: Database) -> None:
+        self.pool, self.lock_key = pool, database.lock_key(PUBLICATIONS)
         self._published_at: dict[UUID, float] = {}
         self._held_back: int | None = None
+        self._last = (0.0, 0.0)  # monotonic times the last publication began and ended
         self.cost = FIRST_COST  # seconds per waiting entry, a moving average over publications
 
     def __call__(self) -> int:
-        """Publish every dirty queue that is due; returns how many changes went on the feed."""
+        """Publish the dirty queues that are due, longest unpublished first, as far as the duty allows;
+        returns how many changes went on the feed."""
         with self.pool.connection() as conn:
             dirty = conn.execute(
                 "SELECT d.queue_id, d.position, s.waiting"
@@ -163,20 +209,31 @@ class LiveRowsPublisher:
             ).fetchall()
         spacing = publication_spacing(sum(row["waiting"] for row in dirty), self.cost)
         total, held_back = 0, []
-        for row in dirty:
+        for row in sorted(dirty, key=lambda row: self._published_at.get(row["queue_id"], 0.0)):
             queue_id = row["queue_id"]
             last = self._published_at.get(queue_id)
-            if last is not None and time.monotonic() - last < spacing:
+            now = time.monotonic()
+            if (last is not None and now - last < spacing) or now < self._resting_until():
                 held_back.append(row["position"])  # stays dirty: a later pass publishes it
                 continue
             began = time.monotonic()
             total += self.publish(queue_id)
             self._published_at[queue_id] = done = time.monotonic()
+            self._last = (began, done)
             self.cost += 0.2 * ((done - began) / max(1, row["waiting"]) - self.cost)
         now = time.monotonic()  # forget what no longer holds a queue back: the map stays small
         self._published_at = {q: at for q, at in self._published_at.items() if now - at < spacing}
         self._held_back = min(held_back, default=None)
         return total
+
+    def _resting_until(self) -> float:
+        """No publication starts before the last one's time has been made up for by a rest, so that
+        publishing takes at most `DUTY` of the time over any stretch, not only on average: long
+        queues falling due together were published back to back, ten 6,000-change publications of
+        70-140 ms each (PostgreSQL on a core for a second), and every command's summary frame
+        meanwhile waited for the CPU and for the feed head (p99 50-80 ms in those seconds)."""
+        began, done = self._last
+        return done + (done - began) * (1 - DUTY) / DUTY
 
     def held_back(self) -> int | None:
         """The lowest log position whose entry rows the last pass left unpublished (None: none):
@@ -184,10 +241,33 @@ class LiveRowsPublisher:
         return self._held_back
 
     def publish(self, queue_id: UUID) -> int:
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute(LOCK)
-            row = conn.execute(PUBLISH, {"q": queue_id}).fetchone()
-            count = int(row["n"]) if row else 0
-            if count:
-                conn.execute(changes.NOTIFY)
-            return count
+        """Publish one queue's entry rows in chunks (see `CHUNK`); returns how many changes."""
+        with self.pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (self.lock_key,))
+            try:
+                return self._publish(conn, queue_id)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.lock_key,))
+
+    def _publish(self, conn: psycopg.Connection[Any], queue_id: UUID) -> int:
+        with conn.transaction(), conn.cursor() as cursor:  # staging, and the first chunk
+            cursor.execute(CLEAR_LEFTOVERS)
+            row = cursor.execute(STAGE, {"q": queue_id}).fetchone()
+            staged, marked = (int(row["n"]), row["marked"]) if row else (0, None)
+            left = _append_chunk(cursor, queue_id, staged, marked)
+        while left:
+            with conn.transaction(), conn.cursor() as cursor:
+                left = _append_chunk(cursor, queue_id, left, marked)
+        return staged
+
+
+def _append_chunk(cursor: psycopg.Cursor[Any], queue_id: UUID, left: int, marked: int | None) -> int:
+    """The next `CHUNK` of the `left` staged changes onto live_rows and the feed; with the last, the
+    marks the staging saw are cleared. Returns how many are left."""
+    if left:
+        cursor.execute(APPEND, {"q": queue_id, "size": CHUNK})
+        cursor.execute(changes.NOTIFY)
+        left = max(0, left - CHUNK)
+    if not left and marked is not None:
+        cursor.execute(CLEAR, {"q": queue_id, "marked": marked})
+    return left

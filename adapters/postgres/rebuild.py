@@ -29,7 +29,7 @@ import psycopg
 from eventsourcing.utils import get_topic
 from psycopg.sql import Identifier
 
-from adapters.postgres import changes, rebuild_diff, rebuild_scratch
+from adapters.postgres import changes, live_rows, rebuild_diff, rebuild_scratch
 from adapters.postgres.projector import record_positions
 from adapters.postgres.rebuild_tables import TABLES, Model
 
@@ -252,6 +252,8 @@ class Rebuild:
         tables = [f'"{schema}".{t.name}' for m in self.models for t in m.tables]
         if any(m.live_rows for m in self.models):
             tables.append(f'"{schema}".live_rows')
+            # first: a publication in progress finishes (it spans transactions), and no other starts
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self.database.lock_key(live_rows.PUBLICATIONS),))
         conn.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE ROW EXCLUSIVE MODE")
 
     def _compare(

@@ -132,6 +132,5 @@ def republish_queues(cursor: psycopg.Cursor[Any], tables: tuple[Table, ...]) -> 
     queue_ids = [row["q"] for row in cursor.execute(f"SELECT q FROM ({sources}) x WHERE q IS NOT NULL ORDER BY q")]  # noqa: S608
     total = 0
     for queue_id in queue_ids:
-        row = cursor.execute(live_rows.PUBLISH, {"q": queue_id}).fetchone()
-        total += int(row["n"]) if row else 0
+        total += live_rows.publish(cursor, queue_id)
     return total

@@ -50,7 +50,10 @@ def main() -> None:
             queues.execute(joins, 2_000 + start)
         for runner in runners:
             runner.catch_up()
-        publisher, queue_id = live_rows.LiveRowsPublisher(container.pool), queue_id_for("q")
+        publisher, queue_id = (
+            live_rows.LiveRowsPublisher(container.pool, container.database),
+            queue_id_for("q"),
+        )
         publisher.publish(queue_id)
         times = []
         for n in range(args.rounds):

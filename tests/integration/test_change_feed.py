@@ -138,7 +138,7 @@ def test_entry_rows_are_published_as_diffs_and_long_queues_are_throttled(
     from domain.commands import Caller, CallNext, JoinQueue, OpenQueue
 
     owner = Caller("owner")
-    publisher = live_rows.LiveRowsPublisher(container.pool)
+    publisher = live_rows.LiveRowsPublisher(container.pool, container.database)
     feed = changes.ChangeFeed(container.pool)
     container.queues.execute([OpenQueue("q", owner, "Q")], 1_000)
     container.queues.execute([JoinQueue("q", Caller(u), f"entry-{u}") for u in "abc"], 2_000)
@@ -195,8 +195,7 @@ def test_marking_a_queue_never_waits_for_its_publication_and_a_later_mark_surviv
     assert summary is not None
     queue_id = summary["queue_id"]
     with connect(container) as publishing, connect(container) as projecting:
-        publishing.execute(live_rows.LOCK)
-        assert publishing.execute(live_rows.PUBLISH, {"q": queue_id}).fetchone() == {"n": 2}
+        assert live_rows.publish(publishing.cursor(), queue_id) == 2
         projecting.execute("SET lock_timeout = '2s'")
         projecting.execute(live_rows.MARK_DIRTY, ([queue_id], [99]))  # would time out if it had to wait
         projecting.commit()
@@ -204,7 +203,7 @@ def test_marking_a_queue_never_waits_for_its_publication_and_a_later_mark_surviv
     with connect(container) as conn:
         marks = conn.execute("SELECT count(*) AS n FROM live_dirty WHERE queue_id = %s", (queue_id,)).fetchone()
     assert marks == {"n": 1}
-    assert live_rows.LiveRowsPublisher(container.pool)() == 0  # nothing moved: an empty diff
+    assert live_rows.LiveRowsPublisher(container.pool, container.database)() == 0  # nothing moved: an empty diff
     with connect(container) as conn:
         assert conn.execute("SELECT count(*) AS n FROM live_dirty").fetchone() == {"n": 0}
 
@@ -239,7 +238,7 @@ def test_the_clean_up_trims_changes_older_than_what_is_kept(container: Container
 
 
 def test_lineup_connections_never_jit_compile(container: Container) -> None:
-    """live_rows.PUBLISH's estimates cross jit_above_cost; compiling it cost 1.77 s per publication."""
+    """live_rows.STAGE's estimates cross jit_above_cost; compiling it cost 1.77 s per publication."""
     with container.pool.connection() as conn:
         assert conn.execute("SHOW jit").fetchone() == {"jit": "off"}
     with container.database.connect() as conn:

@@ -68,7 +68,8 @@ DO $$ BEGIN
         ALTER TABLE live_dirty ADD COLUMN position bigint NOT NULL DEFAULT 0;
     END IF;
 END $$;
-CREATE INDEX IF NOT EXISTS live_dirty_queue ON live_dirty (queue_id);
+CREATE INDEX IF NOT EXISTS live_dirty_queue_position ON live_dirty (queue_id, position);
+DROP INDEX IF EXISTS live_dirty_queue;
 CREATE UNLOGGED TABLE IF NOT EXISTS live_publication (
     seq bigint PRIMARY KEY, query text NOT NULL, args text NOT NULL, key text NOT NULL, op text NOT NULL,
     row jsonb, ord bigint NOT NULL
@@ -90,6 +91,22 @@ def mark_dirty(queue_ids: str, positions: str) -> str:
 
 MARK_DIRTY = mark_dirty("%s::uuid[]", "%s::bigint[]")
 OLDEST_MARK = "SELECT min(position) AS position FROM live_dirty"
+
+# The dirty queues, each with its oldest mark and its waiting entries. The publisher asks after every
+# projection round, ~150 times a second at 1,000 commands/s, while the marks pile up between a long
+# queue's publications (one per batch and queue): grouping them all took 1.7 ms a time, a quarter of
+# a core of PostgreSQL. This walks the (queue_id, position) index from one dirty queue to the next
+# instead, one probe per dirty queue, however many marks each has.
+DIRTY = """
+WITH RECURSIVE d AS (
+    (SELECT queue_id, position FROM live_dirty ORDER BY queue_id, position LIMIT 1)
+    UNION ALL
+    SELECT n.queue_id, n.position FROM d, LATERAL (
+        SELECT queue_id, position FROM live_dirty WHERE queue_id > d.queue_id ORDER BY queue_id, position LIMIT 1
+    ) n
+)
+SELECT d.queue_id, d.position, s.waiting FROM d JOIN queue_summary s ON s.queue_id = d.queue_id
+"""
 
 # Publications of entry rows are serialized database-wide, and with `lineup rebuild`'s switch, by
 # a session advisory lock on this name (`Database.lock_key`): a publication spans transactions (see
@@ -202,11 +219,7 @@ class LiveRowsPublisher:
         """Publish the dirty queues that are due, longest unpublished first, as far as the duty allows;
         returns how many changes went on the feed."""
         with self.pool.connection() as conn:
-            dirty = conn.execute(
-                "SELECT d.queue_id, d.position, s.waiting"
-                " FROM (SELECT queue_id, min(position) AS position FROM live_dirty GROUP BY queue_id) d"
-                " JOIN queue_summary s ON s.queue_id = d.queue_id ORDER BY d.queue_id"
-            ).fetchall()
+            dirty = conn.execute(DIRTY).fetchall()
         spacing = publication_spacing(sum(row["waiting"] for row in dirty), self.cost)
         total, held_back = 0, []
         for row in sorted(dirty, key=lambda row: self._published_at.get(row["queue_id"], 0.0)):

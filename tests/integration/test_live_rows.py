@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from adapters.postgres import changes, live_rows
@@ -30,6 +32,12 @@ def open_with(container: Container, event_id: str, users: str, at: int) -> UUID:
     summary = container.reader.summary(event_id)
     assert summary is not None
     return summary["queue_id"]  # type: ignore[no-any-return]
+
+
+def opened(container: Container, event_id: str) -> UUID:
+    """The id of queue `event_id`, opened now if it is not open yet."""
+    summary = container.reader.summary(event_id)
+    return summary["queue_id"] if summary else open_with(container, event_id, "", 1_000)  # type: ignore[no-any-return]
 
 
 def published(container: Container, start: int) -> list[dict[str, Any]]:
@@ -102,3 +110,22 @@ def test_publications_rest_so_that_publishing_takes_at_most_the_duty_over_any_st
     monkeypatch.setattr(live_rows, "DUTY", 1.0)  # no rest
     assert publisher() == 4
     assert publisher.held_back() is None
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10**12)), max_size=40))
+def test_the_dirty_queues_are_each_queue_with_its_oldest_mark(
+    container: Container, marks: list[tuple[int, int]]
+) -> None:
+    """`DIRTY` skips from one queue to the next along the index; it must find what grouping all marks finds."""
+    queue_ids = [opened(container, f"d{i}") for i in range(4)]
+    with connect(container) as conn:
+        conn.execute("DELETE FROM live_dirty")
+        if marks:
+            conn.execute(live_rows.MARK_DIRTY, ([queue_ids[q] for q, _ in marks], [p for _, p in marks]))
+        found = {row["queue_id"]: row["position"] for row in conn.execute(live_rows.DIRTY)}
+        grouped = conn.execute(
+            "SELECT queue_id, min(position) AS position FROM live_dirty GROUP BY queue_id"
+        ).fetchall()
+        assert found == {row["queue_id"]: row["position"] for row in grouped}
+    assert found == {queue_ids[q]: min(p for r, p in marks if r == q) for q, _ in marks}

@@ -129,3 +129,10 @@ def test_the_dirty_queues_are_each_queue_with_its_oldest_mark(
         ).fetchall()
         assert found == {row["queue_id"]: row["position"] for row in grouped}
     assert found == {queue_ids[q]: min(p for r, p in marks if r == q) for q, _ in marks}
+
+
+def test_live_rows_leaves_room_on_its_pages_for_updates_in_place(container: Container) -> None:
+    """Every publication rewrites a queue's rows: half-full pages let PostgreSQL update them in place."""
+    with connect(container) as conn:
+        options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'live_rows'::regclass").fetchone()
+    assert options == {"reloptions": ["fillfactor=50"]}

@@ -201,14 +201,27 @@ def publish(cursor: psycopg.Cursor[Any], queue_id: UUID) -> int:
     """Publish a queue's entry rows whole in the caller's transaction, which holds the `PUBLICATIONS`
     lock (the rebuild's switch); returns how many changes went on the feed (the caller sends
     `changes.NOTIFY` when there were any)."""
+    staged, marked = _stage(cursor, queue_id)
+    _append(cursor, queue_id, staged, marked, size=staged)
+    return staged
+
+
+def _stage(cursor: psycopg.Cursor[Any], queue_id: UUID) -> tuple[int, int | None]:
+    """How many changes the queue's publication staged, and its newest dirty mark then."""
     cursor.execute(CLEAR_LEFTOVERS)
     row = cursor.execute(STAGE, {"q": queue_id}).fetchone()
-    staged = int(row["n"]) if row else 0
-    if staged:
-        cursor.execute(APPEND, {"q": queue_id, "size": staged})
-    if row and row["marked"] is not None:
-        cursor.execute(CLEAR, {"q": queue_id, "marked": row["marked"]})
-    return staged
+    return (int(row["n"]), row["marked"]) if row else (0, None)
+
+
+def _append(cursor: psycopg.Cursor[Any], queue_id: UUID, left: int, marked: int | None, size: int) -> int:
+    """The next `size` of the `left` staged changes onto live_rows and the feed; with the last, the
+    marks the staging saw are cleared. Returns how many are left."""
+    if left:
+        cursor.execute(APPEND, {"q": queue_id, "size": size})
+        left = max(0, left - size)
+    if not left and marked is not None:
+        cursor.execute(CLEAR, {"q": queue_id, "marked": marked})
+    return left
 
 
 def publication_spacing(waiting: int, cost: float) -> float:
@@ -276,9 +289,7 @@ class LiveRowsPublisher:
 
     def _publish(self, conn: psycopg.Connection[Any], queue_id: UUID) -> int:
         with conn.transaction(), conn.cursor() as cursor:  # staging, and the first chunk
-            cursor.execute(CLEAR_LEFTOVERS)
-            row = cursor.execute(STAGE, {"q": queue_id}).fetchone()
-            staged, marked = (int(row["n"]), row["marked"]) if row else (0, None)
+            staged, marked = _stage(cursor, queue_id)
             left = _append_chunk(cursor, queue_id, staged, marked)
         while left:
             with conn.transaction(), conn.cursor() as cursor:
@@ -287,12 +298,8 @@ class LiveRowsPublisher:
 
 
 def _append_chunk(cursor: psycopg.Cursor[Any], queue_id: UUID, left: int, marked: int | None) -> int:
-    """The next `CHUNK` of the `left` staged changes onto live_rows and the feed; with the last, the
-    marks the staging saw are cleared. Returns how many are left."""
+    """`_append` of the next `CHUNK` changes, announced to the followers."""
+    rest = _append(cursor, queue_id, left, marked, size=CHUNK)
     if left:
-        cursor.execute(APPEND, {"q": queue_id, "size": CHUNK})
         cursor.execute(changes.NOTIFY)
-        left = max(0, left - CHUNK)
-    if not left and marked is not None:
-        cursor.execute(CLEAR, {"q": queue_id, "marked": marked})
-    return left
+    return rest

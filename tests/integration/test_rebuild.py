@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
+import psycopg
 import pytest
 
+from adapters.postgres import live_rows
 from adapters.postgres.rebuild import Rebuild
 from adapters.postgres.rebuild_memory import memory_writers
 from domain.commands import Caller, SendNotification
@@ -60,3 +64,32 @@ def test_twins_then_writers_rebuild_what_the_live_projectors_built(
     assert note.live == {**note.rebuilt, "position": note.rebuilt["position"] + 1}
     assert rebuild(container, settings, batch_size=40).run(apply=True).switched
     assert rebuild(container, settings, batch_size=40).run(apply=False).differences == []
+
+
+def test_the_switch_waits_for_a_live_rows_publication_under_way(container: Container, settings: Settings) -> None:
+    """A publication spans transactions and holds `live_rows.PUBLICATIONS` meanwhile: the switch takes it
+    before anything else, so it never compares or republishes half of one."""
+    random_history(container, seed=3)
+    for runner in container.runners:
+        runner.catch_up()
+    key = container.database.lock_key(live_rows.PUBLICATIONS)
+    outcomes: list[object] = []
+    with psycopg.connect(**container.database.params(), autocommit=True) as publishing:
+        publishing.execute("SELECT pg_advisory_lock(%s)", (key,))  # as LiveRowsPublisher.publish holds it
+        job = rebuild(container, settings, batch_size=40)
+        switch = threading.Thread(target=lambda: outcomes.append(job.run(apply=True)))
+        switch.start()
+        deadline = time.monotonic() + 30
+        waiting: tuple[object, ...] | None = None
+        while waiting is None and time.monotonic() < deadline and switch.is_alive():
+            waiting = publishing.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND (classid::bigint << 32 | objid::bigint) = (%s::bigint & x'ffffffffffffffff'::bigint)",
+                (key,),
+            ).fetchone()
+            time.sleep(0.05)
+        assert waiting is not None  # the switch asked for the lock and waits for the publication
+        assert outcomes == []
+        publishing.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        switch.join(timeout=60)
+    assert len(outcomes) == 1

@@ -134,8 +134,8 @@ CHUNK = 500  # changes appended per transaction: the feed head is held ~5 ms, no
 # of the feed waits for (the projector's summary changes above all), is never held for long. As one
 # statement, a ~3,000-entry queue's publication (6,000 changes) held the head for 72-140 ms; staged
 # and appended at once, for the 20-45 ms of the append and commit: the summary frames behind it
-# missed 25 ms by far either way (commit -> socket p99 39-83 ms at 1,000 commands/s, 13-20 ms with
-# publications held back; docs/benchmarks.md, 2026-12-01 17:40).
+# missed 25 ms by far either way (commit -> socket p99 39-83 ms at 1,000 commands/s, 20 ms with
+# publications held back; docs/benchmarks.md, the section of 2026-12-01 17:33).
 #
 # Every chunk leaves live_rows and the feed as one: a snapshot (which reads live_rows) between two
 # chunks shows exactly the state a client has after applying the feed up to that cursor, one change

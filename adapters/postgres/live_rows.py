@@ -45,6 +45,12 @@ MIN_SPACING = 0.1  # seconds between two publications of one queue, at least
 MAX_SPACING = 10.0  # ... and at most, whatever they cost (a 25k-entry queue still moves every 10 s)
 DUTY = 0.1  # the share of the time publications may take
 FIRST_COST = 25e-6  # seconds per waiting entry assumed until a publication has been timed
+# A publication of fewer waiting entries is timed as if it had this many: its time is then mostly
+# the fixed cost of its statements and commits, and divided by its few entries it made the per-entry
+# estimate jump (a 1-entry queue's first publication, ~10 ms on a busy machine, said 10 ms per entry):
+# the same queue, 350 entries later, was then spaced 10 s apart, and a snapshot waiting for its rows
+# (read-your-writes, 2 s) went out without them (tests/e2e/test_ws_slow.py, in a CI run).
+COST_FLOOR = 100
 
 DDL = """
 CREATE TABLE IF NOT EXISTS live_rows (
@@ -230,6 +236,12 @@ def publication_spacing(waiting: int, cost: float) -> float:
     return min(MAX_SPACING, max(MIN_SPACING, waiting * cost / DUTY))
 
 
+def next_cost(cost: float, seconds: float, waiting: int) -> float:
+    """The per-entry cost estimate after a publication of `waiting` entries took `seconds`: a
+    moving average, each publication counting as if it had at least `COST_FLOOR` entries."""
+    return cost + 0.2 * (seconds / max(COST_FLOOR, waiting) - cost)
+
+
 class LiveRowsPublisher:
     """Runs on the projecting process's publisher thread (`ProjectorThread._publish`), beside the rounds."""
 
@@ -258,7 +270,7 @@ class LiveRowsPublisher:
             total += self.publish(queue_id)
             self._published_at[queue_id] = done = time.monotonic()
             self._last = (began, done)
-            self.cost += 0.2 * ((done - began) / max(1, row["waiting"]) - self.cost)
+            self.cost = next_cost(self.cost, done - began, row["waiting"])
         now = time.monotonic()  # forget what no longer holds a queue back: the map stays small
         self._published_at = {q: at for q, at in self._published_at.items() if now - at < spacing}
         self._held_back = min(held_back, default=None)

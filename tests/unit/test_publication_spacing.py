@@ -28,3 +28,15 @@ def test_longer_queues_and_slower_publications_are_republished_less_often(
 ) -> None:
     (w1, w2), (c1, c2) = sorted((w1, w2)), sorted((c1, c2))
     assert publication_spacing(w1, c1) <= publication_spacing(w2, c1) <= publication_spacing(w2, c2)
+
+
+@given(cost, st.floats(0.0, 10.0), st.integers(0, 1_000_000))
+def test_a_small_publication_moves_the_estimate_no_further_than_a_floor_sized_one(
+    c: float, seconds: float, w: int
+) -> None:
+    """Its time is mostly fixed cost: divided by its few entries it would say each entry costs it all."""
+    after = live_rows.next_cost(c, seconds, w)
+    per_entry = seconds / max(live_rows.COST_FLOOR, w)
+    assert min(c, per_entry) - 1e-12 <= after <= max(c, per_entry) + 1e-12  # between the old and the new
+    if w < live_rows.COST_FLOOR:
+        assert after <= max(c, seconds / live_rows.COST_FLOOR) + 1e-12

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
@@ -71,6 +73,14 @@ INSERT INTO change_feed (cursor, query, args, key, op, row)
 SELECT head.cursor - counted.n + row_number() OVER (ORDER BY new.ord), new.query, new.args, new.key, new.op, new.row
 FROM new, head, counted
 """  # noqa: S608 - `select` is one of the writers' constant statements
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_text(value: Any) -> str:
+    """A value as JSON text: an element of a `jsonb[]` array parameter (`columns`)."""
+    return _encode(value).decode()
 
 
 def columns(names: str, rows: list[Any]) -> dict[str, list[Any]]:

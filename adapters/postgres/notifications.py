@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from adapters.postgres import changes
 from projections.notifications import NotificationsWriter
 
@@ -15,7 +13,6 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 TABLES = ("notifications",)
-_encode = msgspec.json.Encoder().encode
 
 # `position` is the log position of the event that caused the row: rows of one batch share
 # `created_at`, and `(created_at, position)` lists them in the order their events happened.
@@ -95,7 +92,7 @@ class PostgresNotificationsWriter(NotificationsWriter):
     def notification_created(
         self, notification_id: str, user_id: str, kind: str, data: dict[str, Any], at: int
     ) -> None:
-        row = (notification_id, user_id, kind, _encode(data).decode(), at, at + self.ttl_ms, self.position)
+        row = (notification_id, user_id, kind, changes.json_text(data), at, at + self.ttl_ms, self.position)
         self._rows.append(row)
 
     def flush(self) -> None:

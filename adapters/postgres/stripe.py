@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from adapters.postgres import changes
 from projections.stripe import StripeWriter
 
@@ -14,7 +12,6 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 TABLES = ("stripe_accounts", "payments")
-_encode = msgspec.json.Encoder().encode
 
 DDL = """
 CREATE TABLE IF NOT EXISTS stripe_accounts (
@@ -161,7 +158,7 @@ class PostgresStripeWriter(StripeWriter):
         requirements_due: list[str],
         created: int,
     ) -> None:
-        status = [charges_enabled, payouts_enabled, details_submitted, _encode(requirements_due).decode(), created]
+        status = [charges_enabled, payouts_enabled, details_submitted, changes.json_text(requirements_due), created]
         self._account(account_id)[2:] = status
 
     def payment_recorded(  # noqa: PLR0913

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg.rows import dict_row
 
 from adapters.postgres import changes, live_rows
 from domain.commands import Caller, JoinQueue, OpenQueue
+from tests.integration.test_change_feed import connect
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -18,10 +17,6 @@ if TYPE_CHECKING:
     import pytest
 
     from entrypoints.bootstrap import Container
-
-
-def connect(container: Container) -> psycopg.Connection[Any]:
-    return psycopg.connect(**container.database.params(), row_factory=dict_row)
 
 
 def open_with(container: Container, event_id: str, users: str, at: int) -> UUID:

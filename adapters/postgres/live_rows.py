@@ -47,9 +47,9 @@ DUTY = 0.1  # the share of the time publications may take
 FIRST_COST = 25e-6  # seconds per waiting entry assumed until a publication has been timed
 # A publication of fewer waiting entries is timed as if it had this many: its time is then mostly
 # the fixed cost of its statements and commits, and divided by its few entries it made the per-entry
-# estimate jump (a 1-entry queue's first publication, ~10 ms on a busy machine, said 10 ms per entry):
-# the same queue, 350 entries later, was then spaced 10 s apart, and a snapshot waiting for its rows
-# (read-your-writes, 2 s) went out without them (tests/e2e/test_ws_slow.py, in a CI run).
+# estimate jump (a 1-entry queue's first publication counted all of that as the cost of one entry):
+# the same queue, 350 entries later, could then be spaced seconds apart, and a snapshot waiting for
+# its rows (read-your-writes, 2 s) went out without them (tests/e2e/test_ws_slow.py, in a fresh clone).
 COST_FLOOR = 100
 
 DDL = """

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -13,6 +15,7 @@ import msgspec
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 RESET = "\x00reset"  # outbox marker: the frames before it were dropped; send fresh snapshots
 DATA_FRAMES = ('{"type":"change"', '{"type":"snapshot"')  # what an overflowing outbox may drop
@@ -52,14 +55,18 @@ class Outbox:
     is queued, so the session can run a sender only while there is something to send (an idle
     connection then holds no task: less memory per connection)."""
 
+    __slots__ = ("frames", "lagging", "limit", "on_ready", "sent_cursor", "write_now")
+
     def __init__(self, limit: int = 1000) -> None:
         self.frames: deque[str] = deque()
         self.limit = limit
         self.lagging = False
         self.sent_cursor = 0  # the highest cursor of any snapshot or change frame queued
         self.on_ready: Callable[[], None] | None = None
-        # the session's: writes a change frame at once when nothing is queued or being sent (True),
-        # the dispatch loop's fast path per recipient; False: the frame is queued as any other
+        # set by the session while nothing is being sent and it is open: writes a frame to the
+        # socket at once (True) or declines (False: the frame is queued as any other). It is the
+        # dispatch loop's fast path per recipient, so the session keeps it None rather than have
+        # it check the session's state for every frame.
         self.write_now: Callable[[str], bool] | None = None
 
     def put(self, frame: str, cursor: int | None = None) -> None:
@@ -72,9 +79,16 @@ class Outbox:
     def deliver(self, frame: str, cursor: int) -> None:
         if self.lagging:
             return
-        if not self.frames and self.write_now is not None and self.write_now(frame):
-            self.sent_cursor = max(self.sent_cursor, cursor)
-            return
+        write_now = self.write_now
+        if write_now is not None and not self.frames:
+            try:
+                written = write_now(frame)
+            except Exception:  # the peer went away: the queued path meets it, and the receive loop too
+                log.debug("send failed", exc_info=True)
+                written = False
+            if written:
+                self.sent_cursor = max(self.sent_cursor, cursor)
+                return
         if len(self.frames) >= self.limit:
             self.lagging = True
             # control frames (pong, error, auth_expired) survive; data frames are replaced by RESET
@@ -86,7 +100,7 @@ class Outbox:
         self.put(frame, cursor)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     """One client subscription; `pending` ones buffer changes until their snapshot is sent."""
 
@@ -99,14 +113,8 @@ class Subscription:
     buffer: list[Change] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.prefix = '{"type":"change","id":' + _encode(self.id).decode() + ","
-
-    def deliver(self, change: Change, frame: str) -> None:
-        """`frame` is this subscription's change frame: its `prefix` + the change's body."""
-        if self.pending:
-            self.buffer.append(change)
-        else:
-            self.outbox.deliver(frame, change.cursor)
+        # interned: subscriptions with the same id share the object, which dispatch compares by identity
+        self.prefix = sys.intern('{"type":"change","id":' + _encode(self.id).decode() + ",")
 
 
 class Hub:
@@ -132,17 +140,25 @@ class Hub:
         return (query, args) in self.groups
 
     def dispatch(self, change: Change) -> None:
+        """Hand a change to every subscription of its query and arguments. This loop runs once per
+        recipient, thousands of times per change: it stays flat (a pending subscription buffers the
+        change until its snapshot is out; the others get their change frame, the subscription's
+        `prefix` + the change's body, encoded once)."""
         group = self.groups.get((change.query, change.args))
         if group:
-            body = change_body(change)
+            body, cursor = change_body(change), change.cursor
             # one string per subscription id: subscribers sharing an id (clients often use the same
             # small ids) get the same object, whose wire bytes are then serialized once
             frames: dict[str, str] = {}
+            prefix, frame = None, ""
             for subscription in group:
-                frame = frames.get(subscription.prefix)
-                if frame is None:
-                    frame = frames[subscription.prefix] = subscription.prefix + body
-                subscription.deliver(change, frame)
+                if subscription.prefix is not prefix:
+                    prefix = subscription.prefix
+                    frame = frames.get(prefix) or frames.setdefault(prefix, prefix + body)
+                if subscription.pending:
+                    subscription.buffer.append(change)
+                else:
+                    subscription.outbox.deliver(frame, cursor)
         self.advance(change.cursor)
 
     def advance(self, cursor: int) -> None:

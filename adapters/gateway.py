@@ -101,7 +101,8 @@ _encode = msgspec.json.Encoder().encode
 
 class Socket(Protocol):
     async def receive_text(self) -> str: ...
-    def write_now(self, data: str) -> bool: ...  # written at once without ASGI; False: use send_text
+    @property
+    def write_now(self) -> Callable[[str], bool] | None: ...  # writes at once without ASGI; False: use send_text
     def send_text(self, data: str) -> Coroutine[Any, Any, None]: ...  # a coroutine: it may be stepped by hand
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
@@ -213,7 +214,8 @@ class Session:
 
     async def run(self) -> None:
         _open_sessions.add(self)
-        self.outbox.on_ready, self.outbox.write_now = self._wake_sender, self._write_at_once
+        self.outbox.on_ready = self._wake_sender
+        self._direct()
         try:
             await self._authenticate()
             while True:
@@ -227,6 +229,7 @@ class Session:
         finally:
             for subscription in self.subscriptions.values():
                 self.hub.discard(subscription)
+            self._closed = True  # over: nothing is written any more
             self.outbox.on_ready = self.outbox.write_now = None
             for task in [*([self._sender] if self._sender else []), *self._tasks]:
                 task.cancel()
@@ -240,6 +243,7 @@ class Session:
     async def close(self, code: int, reason: str) -> None:
         if not self._closed:
             self._closed = True
+            self._direct()
             with contextlib.suppress(Exception):
                 await self.socket.close(code=code, reason=reason)
         raise Closed
@@ -420,18 +424,16 @@ class Session:
         if self._sender is None and not self._closed and not self._writing:
             self._write_now()
 
-    def _write_at_once(self, text: str) -> bool:
-        """A frame with nothing queued before it (`Outbox.deliver`'s fast path): written straight to
-        the transport if nothing is being sent and the socket allows it. It skips the outbox's
-        queue and `_write_now`'s loop: at 1,000 sockets, the Python around each `send` was ~40 % of
-        a change's dispatch (py-spy)."""
-        if self._sender is not None or self._closed or self._writing:
-            return False
-        try:
-            return self.socket.write_now(text)
-        except Exception:  # the peer went away: the queued path meets it again, and the receive loop too
-            log.debug("send failed", exc_info=True)
-            return False
+    def _direct(self) -> None:
+        """Give the outbox the socket's direct write while the session is open and no sender task
+        runs; the dispatch loop then writes a change frame with nothing queued before it straight
+        to the transport, skipping the queue and `_write_now`'s loop (at 1,000 sockets, the Python
+        around each `send` was ~40 % of a change's dispatch: py-spy)."""
+        self.outbox.write_now = None if self._closed or self._sender is not None else self.socket.write_now
+
+    def _write_direct(self, text: str) -> bool:
+        write_now = self.socket.write_now
+        return write_now is not None and write_now(text)
 
     def _next_frame(self) -> str | None:
         """The next frame to send; an overflow marker on the way starts the reset snapshots."""
@@ -447,7 +449,7 @@ class Session:
         self._writing = True
         try:
             while (text := self._next_frame()) is not None:
-                if self.socket.write_now(text):
+                if self._write_direct(text):
                     continue
                 send = self.socket.send_text(text)
                 try:
@@ -455,6 +457,7 @@ class Session:
                 except StopIteration:
                     continue  # written
                 self._sender = asyncio.ensure_future(self._send_loop(send, blocked_on))
+                self._direct()
                 return
         except Exception:  # the peer went away: the receive loop sees it too
             log.debug("send failed", exc_info=True)
@@ -469,7 +472,7 @@ class Session:
             if started is not None:
                 await _resume(started, blocked_on)
             while (text := self._next_frame()) is not None:
-                if not self.socket.write_now(text):
+                if not self._write_direct(text):
                     await self.socket.send_text(text)
         except asyncio.CancelledError:
             raise
@@ -478,6 +481,7 @@ class Session:
             self.outbox.frames.clear()
         finally:
             self._sender = None
+            self._direct()
 
     def _reset_all(self) -> None:
         """The client fell behind and its frames were dropped: fresh snapshots of everything."""

@@ -15,18 +15,16 @@ from entrypoints.bootstrap import Container
 
 
 class _Socket:
-    """Litestar's WebSocket, except that frames go straight to the transport when uvicorn would
-    write them at once (adapters/direct_frames.py), and otherwise to its ASGI `send` (skipping
+    """Litestar's WebSocket (accepted), except that frames go straight to the transport when uvicorn
+    would write them at once (adapters/direct_frames.py), and otherwise to its ASGI `send` (skipping
     the `send_text` and `send_data` wrappers: two coroutines less per frame)."""
 
-    __slots__ = ("direct", "socket")
+    __slots__ = ("socket", "write_now")
 
     def __init__(self, socket: WebSocket[Any, Any, Any]) -> None:
         self.socket = socket
-        self.direct = DirectWriter.of(socket.send)
-
-    def write_now(self, data: str) -> bool:
-        return self.direct is not None and self.direct.write(data)
+        direct = DirectWriter.of(socket.send)
+        self.write_now = None if direct is None else direct.write
 
     async def receive_text(self) -> str:
         return await self.socket.receive_text()

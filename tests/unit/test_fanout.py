@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from adapters.fanout import RESET, Change, Hub, Outbox, Subscription, apply_changes
 
@@ -41,6 +45,20 @@ def test_one_change_reaches_every_subscriber_of_its_query_and_args_with_its_own_
     asyncio.run(scenario())
 
 
+@given(st.lists(st.one_of(st.integers(-3, 3), st.sampled_from(["a", "b", "\u00e9"])), min_size=1, max_size=30))
+def test_every_subscriber_gets_the_frame_of_its_own_id_whatever_ids_share_a_group(ids: list[int | str]) -> None:
+    hub = Hub()
+    outboxes = [Outbox() for _ in ids]
+    for sub_id, outbox in zip(ids, outboxes, strict=True):
+        sub = Subscription(sub_id, "q", "a", outbox)
+        sub.pending = False
+        hub.add(sub)
+    hub.dispatch(Change(3, "q", "a", "k", "upsert", {"v": 3}))
+    received = [[json.loads(frame) for frame in drain(outbox)] for outbox in outboxes]
+    frame = {"type": "change", "cursor": 3, "op": "upsert", "key": "k", "row": {"v": 3}}
+    assert received == [[{**frame, "id": sub_id}] for sub_id in ids]
+
+
 def test_a_pending_subscription_buffers_until_its_snapshot_is_released() -> None:
     async def scenario() -> None:
         hub, outbox = Hub(), Outbox()
@@ -58,14 +76,15 @@ def test_a_pending_subscription_buffers_until_its_snapshot_is_released() -> None
 
 def test_an_overflowing_outbox_keeps_control_frames_and_asks_for_a_reset() -> None:
     async def scenario() -> None:
-        outbox = Outbox(limit=3)
+        hub, outbox = Hub(), Outbox(limit=3)
         sub = Subscription("s", "q", "a", outbox)
         sub.pending = False
+        hub.add(sub)
         outbox.put('{"type":"pong"}')
         for cursor in range(1, 5):
-            sub.deliver(Change(cursor, "q", "a", "k", "upsert", {"v": cursor}), sub.prefix + f'"cursor":{cursor}}}')
+            hub.dispatch(Change(cursor, "q", "a", "k", "upsert", {"v": cursor}))
         assert outbox.lagging
-        sub.deliver(Change(9, "q", "a", "k", "upsert", {}), sub.prefix + '"cursor":9}')  # dropped while lagging
+        hub.dispatch(Change(9, "q", "a", "k", "upsert", {}))  # dropped while lagging
         assert drain(outbox) == ['{"type":"pong"}', RESET]
 
     asyncio.run(scenario())
@@ -115,12 +134,13 @@ class _PausingSocket:
 
 
 def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_suspends() -> None:
-    from adapters.gateway import Session
+    from adapters.gateway import Closed, Session
 
     async def scenario() -> None:
         hub, socket = Hub(), _PausingSocket()
         session = Session(socket, hub, None, None, lambda _derived: None)  # type: ignore[arg-type]
-        session.outbox.on_ready, session.outbox.write_now = session._wake_sender, session._write_at_once
+        session.outbox.on_ready = session._wake_sender
+        session._direct()
         sub = Subscription(1, "q", "a", session.outbox)
         sub.pending = False
         hub.add(sub)
@@ -135,12 +155,14 @@ def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_sus
             hub.dispatch(Change(cursor, "q", "a", "k", "upsert", {"v": cursor}))
         assert cursors() == [1]
         assert len(session.outbox.frames) == 3  # the frame of cursor 2 waits inside its send
+        assert session.outbox.write_now is None  # while the sender task runs, frames queue behind it
         await asyncio.sleep(0)
         socket.writable.set()
         for _ in range(5):
             await asyncio.sleep(0)
         assert cursors() == [1, 2, 3, 4, 5]
         assert session._sender is None
+        assert session.outbox.write_now is not None
         hub.dispatch(Change(6, "q", "a", "k", "upsert", {"v": 6}))
         assert cursors() == [1, 2, 3, 4, 5, 6]  # direct again
 
@@ -153,5 +175,12 @@ def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_sus
         for _ in range(5):
             await asyncio.sleep(0)
         assert cursors() == [1, 2, 3, 4, 5, 6, 7, 8]
+
+        with contextlib.suppress(Closed):
+            await session.close(1000, "bye")
+        assert session.outbox.write_now is None
+        hub.dispatch(Change(9, "q", "a", "k", "upsert", {"v": 9}))
+        await asyncio.sleep(0)
+        assert cursors() == [1, 2, 3, 4, 5, 6, 7, 8]  # nothing is written once the session closes
 
     asyncio.run(scenario())

@@ -5,6 +5,7 @@ server: uvicorn configured as `lineup serve` configures it, a Litestar WebSocket
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import uvicorn
@@ -12,6 +13,7 @@ import websockets
 from hypothesis import given
 from hypothesis import strategies as st
 from litestar import Litestar, WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
 from websockets.frames import Frame, Opcode
 
 from adapters.direct_frames import DirectWriter, text_frame
@@ -87,3 +89,50 @@ def test_a_send_that_is_not_uvicorns_finds_no_writer() -> None:
     assert DirectWriter.of(send) is None
     assert DirectWriter.of(wrapper(wrapper(send))) is None
     assert DirectWriter.of(None) is None
+
+
+def _states_app(outcomes: list[bool], big: str) -> Litestar:
+    @websocket("/states")
+    async def states(socket: WebSocket[Any, Any, Any]) -> None:
+        await socket.accept()
+        writer = DirectWriter.of(socket.send)
+        assert writer is not None
+        outcomes.append(writer.write(big))  # more than the socket buffers take: the rest waits in the transport
+        behind = writer.write('{"n":2}')  # must not jump the queue, nor be written behind uvicorn's back
+        outcomes.append(behind)
+        if not behind:
+            await socket.send_text('{"n":2}')  # through ASGI: waits until the client has read `big`
+        with contextlib.suppress(WebSocketDisconnect):
+            await socket.receive_text()  # the client's close
+        outcomes.append(writer.write('{"n":3}'))  # the connection is closing: nothing may be written
+
+    return Litestar([states])
+
+
+def test_a_frame_behind_buffered_bytes_or_after_the_peer_closed_is_not_written_directly() -> None:
+    big = '{"n":1,"pad":"' + "x" * (16 << 20) + '"}'
+
+    async def scenario() -> tuple[list[bool], list[Any]]:
+        outcomes: list[bool] = []
+        config = server_config(_states_app(outcomes, big), "warning", 20.0, host="127.0.0.1", port=0)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                assert not serving.done(), "uvicorn stopped before it started"
+                await asyncio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            async with websockets.connect(f"ws://127.0.0.1:{port}/states", max_size=None) as client:
+                received = [await asyncio.wait_for(client.recv(), 20), await asyncio.wait_for(client.recv(), 5)]
+            for _ in range(100):
+                if len(outcomes) == 3:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
+        return outcomes, received
+
+    outcomes, received = asyncio.run(scenario())
+    assert outcomes == [True, False, False]
+    assert received == [big, '{"n":2}']  # in order, each once

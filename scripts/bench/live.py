@@ -13,6 +13,9 @@ For each N, on a fresh schema bench_live_<random> of --database-url (dropped at 
 2. Baseline: a bare `websockets` server in its own process; the same N sockets from the same number of
    processes; on each trigger it takes the time and calls `websockets.broadcast()` with a frame as long as
    Lineup's change frame. Latency is arrival minus that time. Memory is measured the same way.
+For each change it also reads the server's main thread (the event loop, where the fan-out runs) from the
+scheduler's accounting (/proc/PID/task/PID/schedstat): the CPU time it used from the trigger until every
+socket had the frame, and the time it was runnable but waiting for a CPU (preempted).
 Prints a summary and a JSON line last. Every process started here is stopped, also on errors and Ctrl-C.
 """
 
@@ -41,7 +44,7 @@ from barews import BareServer, padded_frame
 from commands import EVENTS_TABLE, code_version, command_line, drop_schema, open_queue
 from httpload import join_path, percentile
 from paced import Request, Sent, raw_request, run_paced
-from server import Server, free_port, machine_busy, postgres_cpu, tree_cpu
+from server import Server, free_port, machine_busy, main_thread_sched, postgres_cpu, tree_cpu
 from wsclients import ClientPool, Spec
 
 from entrypoints.auth import issue
@@ -130,9 +133,10 @@ def connect_and_measure(spec: Spec, n: int, procs: int, pid: int, trigger: Any, 
         for _ in range(changes):
             time.sleep(1.0)
             pool.arm()
-            cpu, (busy, total) = tree_cpu(pid), machine_busy()
+            cpu, (busy, total), (loop_cpu, loop_wait) = tree_cpu(pid), machine_busy(), main_thread_sched(pid)
             t_request, t_ack = trigger()
             times, missing, frame_len = pool.collect(30)
+            loop_cpu_now, loop_wait_now = main_thread_sched(pid)
             cpu = tree_cpu(pid) - cpu
             busy_now, total_now = machine_busy()
             machine = (busy_now - busy) / max(1e-9, total_now - total)
@@ -140,14 +144,21 @@ def connect_and_measure(spec: Spec, n: int, procs: int, pid: int, trigger: Any, 
             from_request = stats([(t - t_request) / 1e6 for t in times])
             rounds.append({"from_ack": from_ack, "from_request": from_request, "missing": missing})
             ack_ms = round((t_ack - t_request) / 1e6, 2)
+            loop_cpu_ms, loop_wait_ms = (loop_cpu_now - loop_cpu) * 1000, (loop_wait_now - loop_wait) * 1000
             rounds[-1].update(
-                frame_len=frame_len, server_cpu_ms=round(cpu * 1000), ack_ms=ack_ms, machine_busy=round(machine, 3)
+                frame_len=frame_len,
+                server_cpu_ms=round(cpu * 1000),
+                loop_cpu_ms=round(loop_cpu_ms, 1),
+                loop_wait_ms=round(loop_wait_ms, 1),
+                ack_ms=ack_ms,
+                machine_busy=round(machine, 3),
             )
             print(
                 f"    first {from_ack['first']:.1f}, p50 / p99 / last {from_ack['p50']:.1f} / {from_ack['p99']:.1f}"
                 f" / {from_ack['last']:.1f} ms"
                 f" (from request: p99 {from_request['p99']:.1f}), missing {missing}, frame {frame_len} B,"
-                f" server CPU {cpu * 1000:.0f} ms, machine busy {machine:.0%}",
+                f" server CPU {cpu * 1000:.0f} ms (event loop {loop_cpu_ms:.1f}, waiting for a CPU"
+                f" {loop_wait_ms:.1f}), machine busy {machine:.0%}",
                 flush=True,
             )
     finally:
@@ -165,6 +176,8 @@ def connect_and_measure(spec: Spec, n: int, procs: int, pid: int, trigger: Any, 
         "median_last_ms": round(statistics.median(r["from_ack"]["last"] for r in rounds), 2),
         "median_first_ms": round(statistics.median(r["from_ack"]["first"] for r in rounds), 2),
         "median_p99_from_request_ms": round(statistics.median(r["from_request"]["p99"] for r in rounds), 2),
+        "median_loop_cpu_ms": round(statistics.median(r["loop_cpu_ms"] for r in rounds), 1),
+        "median_loop_wait_ms": round(statistics.median(r["loop_wait_ms"] for r in rounds), 1),
         "frame_len": max(r["frame_len"] for r in rounds),
         "rounds": rounds,
     }
@@ -454,6 +467,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sustained: d
         print("\nLive: fan-out of one change (latency from the HTTP ack; bare: from broadcast()) and idle memory")
         print(
             f"{'N':>7} | {'Lineup p50/p99/last ms':>24} | {'bare p50/p99/last ms':>22} | ratio p99 | KiB/conn L / bare"
+            " | loop CPU / wait ms L, bare"
         )
     for r in results:
         lu, bare = r["lineup"], r["bare"]
@@ -463,6 +477,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sustained: d
             f"{r['n']:>7,} | {lu['median_p50_ms']:7.1f} /{lu['median_p99_ms']:7.1f} /{lu['median_last_ms']:7.1f}"
             f" | {bare['median_p50_ms']:6.1f} /{bare['median_p99_ms']:6.1f} /{bare['median_last_ms']:6.1f}"
             f" | {r['ratio_p99']} {'met' if ok else 'NOT met'} | {lu['kib_per_conn']:.1f} / {bare['kib_per_conn']:.1f}"
+            f" | {lu['median_loop_cpu_ms']:.1f} / {lu['median_loop_wait_ms']:.1f},"
+            f" {bare['median_loop_cpu_ms']:.1f} / {bare['median_loop_wait_ms']:.1f}"
         )
     if results:
         print(

@@ -136,6 +136,17 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def main_thread_sched(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's main thread so far,
+    from the scheduler's own accounting (/proc/PID/task/PID/schedstat, nanoseconds): the event loop
+    of `lineup serve` and of the bare server, where a fan-out runs. (0, 0) if it is gone."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds of a process and its direct children (the workers of `lineup serve`)."""
     total = process_cpu(pid)

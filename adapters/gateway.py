@@ -439,7 +439,7 @@ class Session:
         """The next frame to send; an overflow marker on the way starts the reset snapshots."""
         frames = self.outbox.frames
         while frames:
-            text = frames.popleft()
+            text = frames.pop(0)
             if text != RESET:
                 return text
             self._reset_all()

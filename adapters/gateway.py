@@ -180,6 +180,60 @@ def _resume(coroutine: Coroutine[Any, Any, None], blocked_on: Any) -> Generator[
                 return
 
 
+class Expiries:
+    """The sessions' token expiries on one timer of the event loop, not one each: a timer per
+    connection (uvloop's handle and its libuv timer) was 0.5 KiB of each idle connection's ~28
+    (scripts/bench/live.py, 2026-12-07). A firing calls `_expired` on every session due by then;
+    it is up to `SLACK` late, so that expiries close together share one firing and a scan."""
+
+    SLACK = 0.25  # seconds
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[Session, float] = {}  # loop times
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = float("inf")
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Expiries:
+        expiries = _expiries.get(loop)
+        if expiries is None:
+            expiries = _expiries[loop] = cls(loop)
+        return expiries
+
+    def set(self, session: Session, at: float) -> None:
+        """`session._expired()` once the loop's time is `at` (replacing what was set for it)."""
+        self._due[session] = at
+        if at < self._armed_for:
+            self._arm(at)
+
+    def discard(self, session: Session) -> None:
+        self._due.pop(session, None)  # a timer armed for it finds nothing due then: harmless
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_for = at
+        self._timer = self._loop.call_at(at + self.SLACK, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._armed_for = None, float("inf")
+        now = self._loop.time()
+        due = [session for session, at in self._due.items() if at <= now]
+        for session in due:
+            del self._due[session]
+        if self._due:
+            self._arm(min(self._due.values()))
+        for session in due:
+            try:
+                session._expired()
+            except Exception:  # one session's failure must not keep the others' from expiring
+                log.exception("expiring a session failed")
+
+
+_expiries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Expiries] = weakref.WeakKeyDictionary()
+
+
 async def close_all_sessions(code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
     """Close every open session of this process (on shutdown: 1001, before the server drops them)."""
     sessions = list(_open_sessions)
@@ -206,7 +260,8 @@ class Session:
         self.subscriptions: dict[str | int, Subscription] = {}
         self._since: dict[str | int, int] = {}  # notifications.user's option, per subscription id
         self.identity: Identity | None = None
-        self._expiry: asyncio.TimerHandle | None = None  # a timer, not a task: ~2 KiB less per connection
+        # the grace timer after the token expired (the expiry itself is on `Expiries`' shared timer)
+        self._expiry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Future[None] | None = None
         self._writing = False  # frames are being written from _write_now
@@ -233,6 +288,7 @@ class Session:
             self.outbox.on_ready = self.outbox.write_now = None
             for task in [*([self._sender] if self._sender else []), *self._tasks]:
                 task.cancel()
+            Expiries.of(asyncio.get_running_loop()).discard(self)
             if self._expiry is not None:
                 self._expiry.cancel()
 
@@ -276,11 +332,12 @@ class Session:
         ):  # subscriptions were authorized for that user and role
             await self.close(CLOSE_UNAUTHENTICATED, "a refreshed token must name the same user and role")
         self.identity = identity
-        if self._expiry is not None:
+        if self._expiry is not None:  # the grace after an expiry: this token came in time
             self._expiry.cancel()
+            self._expiry = None
         loop = asyncio.get_running_loop()
         delay = max(0.0, identity.expires_at - time.time())
-        self._expiry = loop.call_at(loop.time() + delay, self._expired)
+        Expiries.of(loop).set(self, loop.time() + delay)
 
     async def _decode(self, text: str) -> Inbound:
         try:

@@ -184,3 +184,44 @@ def test_frames_are_written_during_dispatch_and_keep_their_order_when_a_send_sus
         assert cursors() == [1, 2, 3, 4, 5, 6, 7, 8]  # nothing is written once the session closes
 
     asyncio.run(scenario())
+
+
+class _Expiring:
+    """Stands where a session does for `Expiries`: records when its `_expired` was called."""
+
+    def __init__(self, fired: dict[str, float], name: str, *, fails: bool = False) -> None:
+        self.fired, self.name, self.fails = fired, name, fails
+
+    def _expired(self) -> None:
+        self.fired[self.name] = asyncio.get_running_loop().time()
+        if self.fails:
+            raise RuntimeError(self.name)
+
+
+def test_token_expiries_share_one_timer_fire_once_not_early_and_never_when_discarded() -> None:
+    from adapters.gateway import Expiries
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        expiries, fired = Expiries.of(loop), {}
+        assert Expiries.of(loop) is expiries  # one per loop
+        now = loop.time()
+        sessions = {name: _Expiring(fired, name, fails=name == "a") for name in "abcdef"}
+        due = {"a": now + 0.05, "b": now + 0.10, "d": now + 0.02, "f": now}
+        for name, at in [("a", due["a"]), ("b", due["b"]), ("c", now + 0.05), ("d", now + 0.2), ("e", now + 60)]:
+            expiries.set(sessions[name], at)  # type: ignore[arg-type]
+        expiries.discard(sessions["c"])  # type: ignore[arg-type]  # (the session ended)
+        expiries.set(sessions["d"], due["d"])  # type: ignore[arg-type]  # (a refreshed token)
+        expiries.set(sessions["f"], due["f"])  # type: ignore[arg-type]  # (already expired)
+        for _ in range(500):
+            if set(fired) >= set(due):
+                break
+            await asyncio.sleep(0.01)
+        assert set(fired) == set(due)  # not c (discarded), not e (later); a's failure stopped nobody
+        assert all(fired[name] >= at for name, at in due.items())  # none early
+        await asyncio.sleep(0.3)
+        assert set(fired) == set(due)  # each once
+        assert expiries._timer is not None  # armed for e only
+        assert expiries._armed_for == now + 60
+
+    asyncio.run(scenario())

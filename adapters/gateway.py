@@ -285,7 +285,8 @@ class Session:
             for subscription in self.subscriptions.values():
                 self.hub.discard(subscription)
             self._closed = True  # over: nothing is written any more
-            self.outbox.on_ready = self.outbox.write_now = None
+            self.outbox.on_ready = None
+            self._direct()
             for task in [*([self._sender] if self._sender else []), *self._tasks]:
                 task.cancel()
             Expiries.of(asyncio.get_running_loop()).discard(self)

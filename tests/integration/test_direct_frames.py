@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -41,6 +42,21 @@ def _app(outcomes: list[tuple[bool, bool]]) -> Litestar:
     return Litestar([frames])
 
 
+@contextlib.asynccontextmanager
+async def _serving(config: uvicorn.Config) -> AsyncIterator[int]:
+    """A real uvicorn on 127.0.0.1 for the block: its port; stopped after it."""
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done(), "uvicorn stopped before it started"
+            await asyncio.sleep(0.01)
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
 async def _exchange(*, server_deflates: bool) -> tuple[list[tuple[bool, bool]], list[Any]]:
     """One connection of a client that offers permessage-deflate; what the route saw and what arrived."""
     outcomes: list[tuple[bool, bool]] = []
@@ -48,19 +64,12 @@ async def _exchange(*, server_deflates: bool) -> tuple[list[tuple[bool, bool]], 
         config = uvicorn.Config(_app(outcomes), host="127.0.0.1", port=0, ws="websockets-sansio", log_level="warning")
     else:
         config = server_config(_app(outcomes), "warning", 20.0, host="127.0.0.1", port=0)
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not serving.done(), "uvicorn stopped before it started"
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with websockets.connect(f"ws://127.0.0.1:{port}/frames", compression="deflate") as client:
-            received = [await asyncio.wait_for(client.recv(), 5), await asyncio.wait_for(client.recv(), 5)]
-            await client.send("bye")
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
+    async with (
+        _serving(config) as port,
+        websockets.connect(f"ws://127.0.0.1:{port}/frames", compression="deflate") as client,
+    ):
+        received = [await asyncio.wait_for(client.recv(), 5), await asyncio.wait_for(client.recv(), 5)]
+        await client.send("bye")
     return outcomes, received
 
 
@@ -115,22 +124,13 @@ def test_a_frame_behind_buffered_bytes_or_after_the_peer_closed_is_not_written_d
     async def scenario() -> tuple[list[bool], list[Any]]:
         outcomes: list[bool] = []
         config = server_config(_states_app(outcomes, big), "warning", 20.0, host="127.0.0.1", port=0)
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        try:
-            while not server.started:
-                assert not serving.done(), "uvicorn stopped before it started"
-                await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
+        async with _serving(config) as port:
             async with websockets.connect(f"ws://127.0.0.1:{port}/states", max_size=None) as client:
                 received = [await asyncio.wait_for(client.recv(), 20), await asyncio.wait_for(client.recv(), 5)]
             for _ in range(100):
                 if len(outcomes) == 3:
                     break
                 await asyncio.sleep(0.02)
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(serving, 10)
         return outcomes, received
 
     outcomes, received = asyncio.run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,11 @@ from psycopg_pool import ConnectionPool
 from adapters.postgres.eventstore import TOPIC as PROCESS_RECORDER
 
 MAX_SCHEMA_LEN = 48
+
+
+def session_name(role: str) -> str:
+    """The application_name of this process's sessions of one role: `<role> <pid>` (PostgreSQL keeps 63 bytes)."""
+    return f"{role} {os.getpid()}"[:63]
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,15 @@ class Database:
         return psycopg.connect(**params, autocommit=True, row_factory=dict_row)
 
     def pool(self, *, min_size: int, max_size: int, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
-        """A connection pool for read models; opened here, closed by its owner."""
+        """A connection pool for read models; opened here, closed by its owner. Its sessions show in
+        pg_stat_activity as `<name> <pid>`, so PostgreSQL's work can be told apart by process and role."""
         pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            kwargs={**self.params(), "autocommit": True, "row_factory": dict_row},
+            kwargs={
+                **self.params(),
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": session_name(name),
+            },
             min_size=min_size,
             max_size=max_size,
             name=name,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from psycopg.rows import tuple_row
 
 from adapters.fanout import Change, Hub
 from adapters.postgres import changes, notifications, stripe
+from adapters.postgres.database import session_name
 from adapters.postgres.queues import SUMMARY_ROW
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class FeedReader:
 
 def feed_application() -> str:
     """The follower session's application_name in pg_stat_activity: `lineup-feed <pid>`."""
-    return f"lineup-feed {os.getpid()}"
+    return session_name("lineup-feed")
 
 
 class FeedFollower:

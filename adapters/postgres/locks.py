@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from adapters.postgres.database import session_name
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
     from uuid import UUID
@@ -75,5 +77,5 @@ class QueueLocks:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = self.database.connect()
+            self._conn = self.database.connect(application_name=session_name("lineup-locks"))
         return self._conn

@@ -12,6 +12,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from adapters.postgres.feed import FeedFollower
 from domain.commands import (
+    Caller,
     CallNext,
     CloseQueue,
     Command,
@@ -75,6 +76,32 @@ def summary_out(summary: QueueSummary) -> SummaryOut:
     return msgspec.convert(summary, SummaryOut, from_attributes=True)
 
 
+# The queue commands without a body, whose answer is an entry: `lineup serve` answers these in front of
+# Litestar (entrypoints/fast_paths.py) with the same functions, and the routes below with them too.
+async def run_for_entry(container: Container, command: Command) -> EntryOut:
+    entry = await run(container, command)
+    assert isinstance(entry, EntryView)
+    return entry_out(entry)
+
+
+async def join_command(container: Container, event_id: str, caller: Caller) -> tuple[int, EntryOut]:
+    joined = await run(container, JoinQueue(event_id, caller, new_id()))
+    assert isinstance(joined, Joined)
+    return 201 if joined.created else 200, entry_out(joined.entry)
+
+
+async def leave_command(container: Container, event_id: str, caller: Caller) -> tuple[int, EntryOut]:
+    return 200, await run_for_entry(container, LeaveQueue(event_id, caller))
+
+
+async def call_next_command(container: Container, event_id: str, caller: Caller) -> tuple[int, EntryOut]:
+    return 200, await run_for_entry(container, CallNext(event_id, caller))
+
+
+# by the path's last segment: POST /events/{event_id}/queue/<segment>
+ENTRY_COMMANDS = {"join": join_command, "leave": leave_command, "call-next": call_next_command}
+
+
 class QueueController(Controller):
     path = "/events/{event_id:str}/queue"
     tags = ["queues"]
@@ -94,25 +121,24 @@ class QueueController(Controller):
 
     @post("/join", status_code=201, summary="Join the queue (an active entry of the caller is returned with 200)")
     async def join(self, event_id: str, request: CallerRequest, container: Container) -> Response[EntryOut]:
-        joined = await run(container, JoinQueue(event_id, request.user, new_id()))
-        assert isinstance(joined, Joined)
-        return Response(entry_out(joined.entry), status_code=201 if joined.created else 200)
+        status, entry = await join_command(container, event_id, request.user)
+        return Response(entry, status_code=status)
 
     @post("/leave", status_code=200, summary="Leave the queue")
     async def leave(self, event_id: str, request: CallerRequest, container: Container) -> EntryOut:
-        return await self._entry(container, LeaveQueue(event_id, request.user))
+        return (await leave_command(container, event_id, request.user))[1]
 
     @post("/call-next", status_code=200, summary="Owner: call the first waiting entry")
     async def call_next(self, event_id: str, request: CallerRequest, container: Container) -> EntryOut:
-        return await self._entry(container, CallNext(event_id, request.user))
+        return (await call_next_command(container, event_id, request.user))[1]
 
     @post("/entries/{entry_id:str}/complete", status_code=200, summary="Owner: complete a called entry")
     async def complete(self, event_id: str, entry_id: str, request: CallerRequest, container: Container) -> EntryOut:
-        return await self._entry(container, CompleteEntry(event_id, request.user, entry_id))
+        return await run_for_entry(container, CompleteEntry(event_id, request.user, entry_id))
 
     @post("/entries/{entry_id:str}/no-show", status_code=200, summary="Owner: cancel an entry as a no-show")
     async def no_show(self, event_id: str, entry_id: str, request: CallerRequest, container: Container) -> EntryOut:
-        return await self._entry(container, MarkNoShow(event_id, request.user, entry_id))
+        return await run_for_entry(container, MarkNoShow(event_id, request.user, entry_id))
 
     @post("/pause", status_code=200, summary="Owner: stop admitting")
     async def pause(self, event_id: str, request: CallerRequest, container: Container) -> SummaryOut:
@@ -152,12 +178,6 @@ class QueueController(Controller):
             capacity=queue["capacity"],
             requires_payment=queue["requires_payment"],
         )
-
-    @staticmethod
-    async def _entry(container: Container, command: Command) -> EntryOut:
-        entry = await run(container, command)
-        assert isinstance(entry, EntryView)
-        return entry_out(entry)
 
     @staticmethod
     async def _summary(container: Container, command: Command) -> SummaryOut:

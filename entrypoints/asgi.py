@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from entrypoints.bootstrap import build
+from entrypoints.fast_paths import FastPaths
 from entrypoints.http import create_app
 from entrypoints.settings import Settings
-from entrypoints.webhook_path import StripeWebhookPath
 
 
-def worker_app() -> StripeWebhookPath:
+def worker_app() -> FastPaths:
     """One worker: its own container (committer, pools, listener); the app closes it on shutdown.
     The projections run in `lineup serve`'s projector process, not here."""
     container = build(Settings.from_env(), elect=False)
     container.start()
-    return StripeWebhookPath(create_app(container, freeze_heap=True), container)
+    return FastPaths(create_app(container, freeze_heap=True), container)

@@ -91,9 +91,9 @@ def serve() -> None:
     With no LINEUP_DATABASE_URL it starts (or attaches to) the embedded PostgreSQL of LINEUP_DATA_DIR.
     """
     from entrypoints.bootstrap import build, jwt_secret
+    from entrypoints.fast_paths import FastPaths
     from entrypoints.http import create_app
     from entrypoints.projector_process import ProjectorProcess
-    from entrypoints.webhook_path import StripeWebhookPath
     from entrypoints.workers import GracefulServer, check_port, server_config
 
     settings = Settings.from_env()
@@ -108,7 +108,7 @@ def serve() -> None:
         container.start()
         projector.start()
         config = server_config(
-            StripeWebhookPath(create_app(container, freeze_heap=True), container),
+            FastPaths(create_app(container, freeze_heap=True), container),
             settings.log_level,
             settings.ws_ping_timeout,
             host=settings.host,

@@ -49,7 +49,7 @@ class WebhookOut(msgspec.Struct):
 
 async def accept_webhook(container: Container, body: bytes, signature: str | None) -> tuple[int, object]:
     """The webhook's answer as (status, JSON body), for the Litestar route and the fast path
-    (entrypoints/webhook_path.py) alike: 503 without a secret, 400 for a delivery that does not
+    (entrypoints/fast_paths.py) alike: 503 without a secret, 400 for a delivery that does not
     verify, otherwise 200 once the event is durably recorded (or was already)."""
     secrets = container.settings.stripe_webhook_secrets
     if not secrets:
@@ -70,7 +70,7 @@ async def accept_webhook(container: Container, body: bytes, signature: str | Non
     summary="Stripe: a signed event, recorded durably before 200 (processed asynchronously)",
 )
 async def stripe_webhook(request: Request[Any, Any, Any], container: Container) -> Response[Any]:
-    """`lineup serve` answers this path before Litestar routes it (entrypoints/webhook_path.py);
+    """`lineup serve` answers this path before Litestar routes it (entrypoints/fast_paths.py);
     this route documents it in the OpenAPI schema and serves it wherever the app runs alone."""
     status, answer = await accept_webhook(container, await request.body(), request.headers.get("stripe-signature"))
     return Response(answer, status_code=status, media_type=MediaType.JSON)

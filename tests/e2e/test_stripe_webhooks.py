@@ -832,7 +832,7 @@ def _raw_answer(stream: Any) -> tuple[int, dict[str, str], Any]:
 
 
 def test_answers_over_one_kept_alive_connection_then_one_that_closes(server: LineupServer) -> None:
-    """Answers are written in one piece (entrypoints/webhook_path.py), the webhook's and Litestar's:
+    """Answers are written in one piece (entrypoints/fast_paths.py), the webhook's and Litestar's:
     a keep-alive connection gets every answer whole and in order, and with `Connection: close` the
     answer still arrives, complete, before the server closes the connection."""
     event = fx.payment_event(fx.PAYMENT_SUCCEEDED, payment_id=fx.new_id("pi"), created=int(time.time()))

@@ -1,4 +1,4 @@
-"""The webhook's fast path (entrypoints/webhook_path.py, what `lineup serve` answers with) and its
+"""The webhook's fast path (entrypoints/fast_paths.py, what `lineup serve` answers with) and its
 Litestar route give the same answers: status, JSON body, and what is recorded.
 
 The e2e tests in tests/e2e/test_stripe_webhooks.py exercise the fast path through `lineup serve`;
@@ -15,8 +15,8 @@ import pytest
 from litestar.testing import TestClient
 
 from entrypoints.bootstrap import build
+from entrypoints.fast_paths import FastPaths
 from entrypoints.http import MAX_BODY, create_app
-from entrypoints.webhook_path import StripeWebhookPath
 from tests import stripe_support as fx
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def test_the_fast_path_answers_as_the_litestar_route(settings: Settings) -> None
         ]
 
     route = answers(settings, lambda app, _: app, deliveries("route-user"))
-    fast = answers(settings, StripeWebhookPath, deliveries("fast-user"))
+    fast = answers(settings, FastPaths, deliveries("fast-user"))
     assert [status for status, _, _ in fast] == [200, 200, 400, 400, 413]
     assert fast == route
     assert fast[0][2] == {"received": True, "duplicate": False}

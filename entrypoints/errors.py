@@ -37,8 +37,14 @@ def error_response(status: int, code: str, detail: str) -> Response[dict[str, st
     return Response(error_body(code, detail), status_code=status, media_type=MediaType.JSON)
 
 
+def queue_error_answer(exc: QueueError) -> tuple[int, dict[str, str]]:
+    """A refused command's status and body (Litestar's handler below, and the front of fast_paths.py)."""
+    return ERROR_STATUS.get(exc.code, 409), error_body(exc.code, str(exc))
+
+
 def queue_error(_: Request[Any, Any, Any], exc: QueueError) -> Response[dict[str, str]]:
-    return error_response(ERROR_STATUS.get(exc.code, 409), exc.code, str(exc))
+    status, body = queue_error_answer(exc)
+    return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
@@ -53,9 +59,12 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
     return error_response(status, code, detail)
 
 
+UNEXPECTED = error_body("internal_error", "the server failed to handle this request; it has been logged")
+
+
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "the server failed to handle this request; it has been logged")
+    return Response(UNEXPECTED, status_code=500, media_type=MediaType.JSON)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -22,10 +22,10 @@ answered here too, with the functions their Litestar routes use (`http.ENTRY_COM
 JSON errors, when the request carries a `Bearer` token that verifies (`LineupToken.decode`, as the
 JWT middleware does) for a known role; any other request, a missing or refused token included, goes
 to Litestar, which answers it as before. At 1,000 commands/s Litestar's request handling was ~30 % of
-the HTTP process's GIL time beside the token check (py-spy); answering join and leave here took 17 %
-off that process's CPU and the summary frames' wait for the event loop from 6-8 ms to 1 ms at the
-median (docs/benchmarks.md, 2026-12-07). tests/integration/test_fast_paths.py checks both paths answer
-alike.
+the HTTP process's GIL time beside the token check (py-spy); answering join and leave here (with the
+plain token path) took ~15 % off that process's CPU and about halved the summary frames' wait for the
+event loop (p99 9-14 ms against 18-36 ms; docs/benchmarks.md, 2026-12-07).
+tests/integration/test_fast_paths.py checks both paths answer alike.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from litestar.exceptions import NotAuthorizedException
 
 from domain.errors import QueueError
 from entrypoints.auth import LineupToken, caller_from
-from entrypoints.errors import ERROR_STATUS, error_body
+from entrypoints.errors import UNEXPECTED, error_body, queue_error_answer
 from entrypoints.http import ENTRY_COMMANDS, MAX_BODY
 from entrypoints.stripe_api import accept_webhook
 
@@ -57,7 +57,6 @@ log = logging.getLogger("lineup.http")
 PATH = "/api/webhooks/stripe-connect"
 _encode = msgspec.json.Encoder().encode
 TOO_LARGE = error_body("too_large", "Request Entity Too Large")  # as Litestar answers every other path
-FAILED = error_body("internal_error", "the server failed to handle this request; it has been logged")
 ENTRY_COMMAND = re.compile(r"/events/([^/]+)/queue/(" + "|".join(map(re.escape, ENTRY_COMMANDS)) + ")")
 BEARER = "Bearer "
 
@@ -95,11 +94,11 @@ class FastPaths:
         answer: object
         try:
             status, answer = await ENTRY_COMMANDS[command[2]](self.container, command[1], caller)
-        except QueueError as error:  # as entrypoints.errors.queue_error answers it
-            status, answer = ERROR_STATUS.get(error.code, 409), error_body(error.code, str(error))
+        except QueueError as error:
+            status, answer = queue_error_answer(error)
         except Exception:  # as entrypoints.errors.unexpected_error answers it
             log.exception("unhandled error on POST %s", scope["path"])
-            status, answer = 500, FAILED
+            status, answer = 500, UNEXPECTED
         await _answer(send, status, answer)
         return True
 
@@ -125,7 +124,7 @@ class FastPaths:
                 status, answer = await accept_webhook(self.container, body, _header(scope, b"stripe-signature"))
         except Exception:
             log.exception("unhandled error on POST %s", PATH)
-            status, answer = 500, FAILED
+            status, answer = 500, UNEXPECTED
         await _answer(send, status, answer)
 
 

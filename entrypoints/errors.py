@@ -33,8 +33,8 @@ def error_body(code: str, detail: str) -> dict[str, str]:
     return {"error": code, "detail": detail}
 
 
-def error_response(status: int, code: str, detail: str) -> Response[dict[str, str]]:
-    return Response(error_body(code, detail), status_code=status, media_type=MediaType.JSON)
+def error_response(status: int, body: dict[str, str]) -> Response[dict[str, str]]:
+    return Response(body, status_code=status, media_type=MediaType.JSON)
 
 
 def queue_error_answer(exc: QueueError) -> tuple[int, dict[str, str]]:
@@ -43,8 +43,7 @@ def queue_error_answer(exc: QueueError) -> tuple[int, dict[str, str]]:
 
 
 def queue_error(_: Request[Any, Any, Any], exc: QueueError) -> Response[dict[str, str]]:
-    status, body = queue_error_answer(exc)
-    return Response(body, status_code=status, media_type=MediaType.JSON)
+    return error_response(*queue_error_answer(exc))
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, str]]:
@@ -56,7 +55,7 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[s
         detail = "; ".join(messages) or detail
     status = exc.status_code
     code = HTTP_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
-    return error_response(status, code, detail)
+    return error_response(status, error_body(code, detail))
 
 
 UNEXPECTED = error_body("internal_error", "the server failed to handle this request; it has been logged")
@@ -64,7 +63,7 @@ UNEXPECTED = error_body("internal_error", "the server failed to handle this requ
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, str]]:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response(UNEXPECTED, status_code=500, media_type=MediaType.JSON)
+    return error_response(500, UNEXPECTED)
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

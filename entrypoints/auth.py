@@ -149,10 +149,11 @@ class LineupToken(Token):
 
         Plain: one of `PLAIN_HEADERS`, a valid HS256 signature by `secret`, and a JSON object of
         `PLAIN_CLAIMS` with a non-empty string `sub` and integer times (exp in the future, iat and
-        nbf not). PyJWT's decode of a token not seen before took 45-63 µs, most of it Python (its
+        nbf not). PyJWT's decode of a token not seen before took 41-62 µs, most of it Python (its
         per-character base64url check, JSON parsing, options and claim checks, Litestar's
         conversion): 18 % of the HTTP process's GIL time at 1,000 commands/s from as many users
-        (py-spy, `--gil`). Here: one regular expression, C's HMAC and msgspec's JSON.
+        (py-spy, `--gil`). Here: one regular expression, C's HMAC and msgspec's JSON, 17-24 µs
+        (scripts/bench/tokens.py, docs/benchmarks.md).
         tests/unit/test_auth.py checks, for generated tokens odd and plain, that this answers
         exactly as PyJWT's path does whenever it answers at all."""
         claims = _signed_claims(encoded, secret)

@@ -16,6 +16,10 @@ For each N, on a fresh schema bench_live_<random> of --database-url (dropped at 
 For each change it also reads the server's main thread (the event loop, where the fan-out runs) from the
 scheduler's accounting (/proc/PID/task/PID/schedstat): the CPU time it used from the trigger until every
 socket had the frame, and the time it was runnable but waiting for a CPU (preempted).
+With --phase sustained: commit -> socket latency under paced commands (joins and leaves of 10 queues, 100
+sockets following their summaries; see docs/benchmarks.md for the matching), first for Lineup, then for
+the bare pipeline of scripts/bench/barelive.py (one statement per command that commits the change and
+its pg_notify, a LISTEN connection that sends it on) driven by the same load and the same clients.
 Prints a summary and a JSON line last. Every process started here is stopped, also on errors and Ctrl-C.
 """
 
@@ -38,9 +42,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+from barelive import read_bare_log, start_bare_live
 from barews import BareServer, padded_frame
 from commands import EVENTS_TABLE, code_version, command_line, drop_schema, open_queue
 from httpload import join_path, percentile
@@ -49,6 +54,9 @@ from server import Server, free_port, machine_busy, main_thread_sched, postgres_
 from wsclients import ClientPool, Spec
 
 from entrypoints.auth import issue
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 HOST = "127.0.0.1"
 TARGET_RATIO, TARGET_KIB = 1.25, 30.0
@@ -84,6 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--window", type=float, default=5.0, help="sustained: also report the latency per window of this many seconds"
     )
     parser.add_argument("--load-procs", type=int, default=2, help="sustained: load-generator processes")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="sustained: skip the bare pipeline (scripts/bench/barelive.py)"
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not args.sizes or min(args.sizes) < 1 or args.changes < 1:
@@ -380,11 +391,37 @@ def wait_caught_up(
     return round(time.monotonic() - began, 1)
 
 
-def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdir: Path) -> dict[str, Any]:
-    os.environ["LINEUP_WORKERS"] = "1"
-    server = Server.start(
-        database_url=args.database_url, schema=schema, secret=secret, host=HOST, port=free_port(HOST), workdir=workdir
+@dataclass(frozen=True)
+class Pipeline:
+    """What the sustained phase drives: Lineup, or the bare baseline (scripts/bench/barelive.py)."""
+
+    name: str
+    start: Callable[[argparse.Namespace, str, str, Path], Server]  # (args, schema, secret, workdir)
+    read_log: Callable[[str, str], Log]  # (database url, schema)
+
+
+def start_lineup(args: argparse.Namespace, schema: str, secret: str, workdir: Path) -> Server:
+    os.environ["LINEUP_WORKERS"] = "1"  # Server.start passes the environment on
+    port = free_port(HOST)
+    return Server.start(
+        database_url=args.database_url, schema=schema, secret=secret, host=HOST, port=port, workdir=workdir
     )
+
+
+def start_bare(args: argparse.Namespace, schema: str, _secret: str, workdir: Path) -> Server:
+    port = free_port(HOST)
+    return start_bare_live(database_url=args.database_url, schema=schema, host=HOST, port=port, workdir=workdir)
+
+
+LINEUP = Pipeline("Lineup", start_lineup, read_log)
+BARE = Pipeline("bare", start_bare, lambda url, schema: Log(*read_bare_log(url, schema)))
+
+
+def measure_sustained(
+    args: argparse.Namespace, pipeline: Pipeline, schema: str, secret: str, workdir: Path
+) -> dict[str, Any]:
+    print(f"sustained, {pipeline.name}:", flush=True)
+    server = pipeline.start(args, schema, secret, workdir)
     pool: ClientPool | None = None
     try:
         tag = secrets.token_hex(3)
@@ -392,7 +429,7 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         for event_id in queues:
             open_queue(server, secret, event_id)
         prefill, load = schedule(args, server, secret, queues)
-        print(f"sustained: prefill {len(prefill):,} joins into the leave queues ...", flush=True)
+        print(f"  prefill {len(prefill):,} joins into the leave queues ...", flush=True)
         done = run_paced(HOST, server.port, prefill, procs=args.load_procs)
         refused = [r.status for r in done if r.status != 201]
         if refused:
@@ -421,7 +458,7 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
         logged_errors = server.logged_errors()
         if caught_up is None or logged_errors:
             print(f"server log (tail):\n{server.log_tail()}", file=sys.stderr)
-        log = read_log(args.database_url, schema)
+        log = pipeline.read_log(args.database_url, schema)
     except Exception:
         print(f"server log (tail):\n{server.log_tail()}", file=sys.stderr)
         raise
@@ -434,6 +471,7 @@ def measure_sustained(args: argparse.Namespace, schema: str, secret: str, workdi
     http = sorted((r.acked_ns - r.sent_ns) / 1e6 for r in ok)
     late = sorted(r.late_ms for r in sent)
     result = {
+        "pipeline": pipeline.name,
         "rate": args.rate,
         "seconds": args.seconds,
         "queues": args.queues,
@@ -497,7 +535,16 @@ def sustained_verdict(lower: dict[str, float], upper: dict[str, float]) -> str:
     return "not known: between the bounds"
 
 
-def report(args: argparse.Namespace, results: list[dict[str, Any]], sustained: dict[str, Any] | None) -> dict[str, Any]:
+def ratio(value: float, base: float) -> float | None:
+    return round(value / base, 2) if base > 0 else None
+
+
+def report(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    sustained: dict[str, Any] | None,
+    bare_sustained: dict[str, Any] | None,
+) -> dict[str, Any]:
     if results:
         print("\nLive: fan-out of one change (latency from the HTTP ack; bare: from broadcast()) and idle memory")
         print(
@@ -506,7 +553,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sustained: d
         )
     for r in results:
         lu, bare = r["lineup"], r["bare"]
-        r["ratio_p99"] = round(lu["median_p99_ms"] / bare["median_p99_ms"], 2) if bare["median_p99_ms"] > 0 else None
+        r["ratio_p99"] = ratio(lu["median_p99_ms"], bare["median_p99_ms"])
         ok = r["ratio_p99"] is not None and r["ratio_p99"] <= TARGET_RATIO
         print(
             f"{r['n']:>7,} | {lu['median_p50_ms']:7.1f} /{lu['median_p99_ms']:7.1f} /{lu['median_last_ms']:7.1f}"
@@ -528,6 +575,16 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sustained: d
             f" {TARGET_SUSTAINED_P50_MS:g} / {TARGET_SUSTAINED_P99_MS:g}: {sustained_verdict(lower, upper)});"
             f" machine busy {sustained['machine_busy']:.0%}"
         )
+    if sustained is not None and bare_sustained is not None:
+        bare_lower, bare_upper = bare_sustained["from_ack"], bare_sustained["from_event"]
+        print(
+            f"bare pipeline under {bare_sustained['achieved_per_s']:,.0f} commands/s, same clients:"
+            f" p50 {bare_lower['p50']:.1f}-{bare_upper['p50']:.1f} /"
+            f" p99 {bare_lower['p99']:.1f}-{bare_upper['p99']:.1f}"
+            f" ms (targets {sustained_verdict(bare_lower, bare_upper)}); machine busy"
+            f" {bare_sustained['machine_busy']:.0%}; ratio Lineup / bare p99 from the answer"
+            f" {ratio(lower['p99'], bare_lower['p99'])}, from the event's time {ratio(upper['p99'], bare_upper['p99'])}"
+        )
     print(f"command: {command_line()}  (code {code_version()})", flush=True)
     return {
         "benchmark": "live.fanout_and_idle_memory",
@@ -543,6 +600,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], sustained: d
         },
         "sizes": results,
         "sustained": sustained,
+        "sustained_bare": bare_sustained,
     }
 
 
@@ -554,14 +612,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"schema {schema} in {args.database_url}", flush=True)
     results = []
     try:
-        sustained = None
+        sustained = bare_sustained = None
         if args.phase in ("sustained", "both"):
-            sustained = measure_sustained(args, schema, secret, workdir)
+            sustained = measure_sustained(args, LINEUP, schema, secret, workdir)
+            if not args.no_baseline:
+                bare_sustained = measure_sustained(args, BARE, schema, secret, workdir)
         for n in args.sizes if args.phase in ("fanout", "both") else []:
             lineup = measure_lineup(args, n, schema, secret, workdir)
             bare = measure_bare(args, n, lineup["frame_len"])
             results.append({"n": n, "client_procs": procs_for(args, n), "lineup": lineup, "bare": bare})
-        print(json.dumps(report(args, results, sustained)), flush=True)
+        print(json.dumps(report(args, results, sustained, bare_sustained)), flush=True)
         return 0
     finally:
         with contextlib.suppress(psycopg.Error):

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS "{schema}".bare_entry (
     event_id text NOT NULL, user_key text NOT NULL, entry_id text NOT NULL, PRIMARY KEY (event_id, user_key));
 CREATE TABLE IF NOT EXISTS "{schema}".bare_change (
     id bigserial PRIMARY KEY, event_id text NOT NULL, kind text NOT NULL, entry_id text NOT NULL,
-    waiting int NOT NULL, at_ms bigint NOT NULL);
+    waiting int NOT NULL, at_ms bigint NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now());
 """
 
 JOIN_SQL = """
@@ -192,20 +192,26 @@ def start_bare_live(*, database_url: str, schema: str, host: str, port: int, wor
     return server
 
 
-def read_bare_log(url: str, schema: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+def read_bare_log(url: str, schema: str) -> tuple[dict[str, int], dict[tuple[str, str], int], dict[int, int]]:
     """As live.read_log: each leave's rank in its queue (commit order: a queue's commands serialize on
-    its row, before their change row gets its id) and each command's time before its statement."""
+    its row, before their change row gets its id), each command's time before its statement, and
+    when each change's statement began."""
     ranks: dict[str, int] = {}
     times: dict[tuple[str, str], int] = {}
+    recorded: dict[int, int] = {}
     counts: collections.Counter[str] = collections.Counter()
     with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(f'SELECT event_id, kind, entry_id, at_ms FROM "{schema}".bare_change ORDER BY id')
-        for event_id, kind, entry_id, at_ms in rows:
+        rows = conn.execute(
+            "SELECT id, event_id, kind, entry_id, at_ms, (extract(epoch FROM recorded_at) * 1e9)::bigint"
+            f' FROM "{schema}".bare_change ORDER BY id'
+        )
+        for cursor, event_id, kind, entry_id, at_ms, recorded_ns in rows:
             times[kind, entry_id] = at_ms
+            recorded[cursor] = recorded_ns
             if kind == "leave":
                 counts[event_id] += 1
                 ranks[entry_id] = counts[event_id]
-    return ranks, times
+    return ranks, times, recorded
 
 
 def main() -> None:

@@ -250,11 +250,14 @@ class Log:
 
     ranks: dict[str, int]  # entry_id -> k for the k-th UserLeft event of its queue (1-based, version order)
     times: dict[tuple[str, str], int]  # ("join" | "leave", entry_id) -> the event's `at` (epoch ms)
+    # a summary change's cursor -> its `recorded_at` (epoch ns): when the transaction that wrote it began
+    recorded: dict[int, int]
 
 
 def read_log(url: str, schema: str) -> Log:
-    """The leaves' ranks, and each join's and leave's time: `at`, the group committer's clock when the
-    batch holding the command began, before its commit."""
+    """The leaves' ranks, each join's and leave's time (`at`, the group committer's clock when the
+    batch holding the command began, before its commit), and when each summary change's projector
+    transaction began."""
     ranks: dict[str, int] = {}
     times: dict[tuple[str, str], int] = {}
     counts: collections.Counter[str] = collections.Counter()
@@ -264,6 +267,12 @@ def read_log(url: str, schema: str) -> Log:
             " WHERE topic LIKE %s OR topic LIKE %s ORDER BY originator_id, originator_version",
             ("%UserLeft%", "%UserJoined%"),
         ).fetchall()
+        recorded = dict(
+            conn.execute(
+                "SELECT cursor, (extract(epoch FROM recorded_at) * 1e9)::bigint"
+                f" FROM \"{schema}\".change_feed WHERE query = 'queue.summary'"
+            ).fetchall()
+        )
     for originator, topic, state in rows:
         event = json.loads(bytes(state))
         kind = "leave" if "UserLeft" in topic else "join"
@@ -271,7 +280,7 @@ def read_log(url: str, schema: str) -> Log:
         if kind == "leave":
             counts[str(originator)] += 1
             ranks[event["entry_id"]] = counts[str(originator)]
-    return Log(ranks, times)
+    return Log(ranks, times, recorded)
 
 
 def schedule(
@@ -320,6 +329,7 @@ def match(
     followers: dict[int, list[int]] = collections.defaultdict(list)
     keys: dict[int, list[int]] = {}
     times: dict[int, list[int]] = {}
+    cursors: dict[int, list[int]] = {}
     unordered = 0
     for socket, rows in by_socket.items():
         rows.sort()
@@ -328,10 +338,13 @@ def match(
         sign = 1 if q % 2 == 0 else -1  # keys ascending in both kinds of queue
         keys[socket] = [sign * waiting for _, waiting, _ in rows]
         times[socket] = [at for _, _, at in rows]
+        cursors[socket] = [cursor for cursor, _, _ in rows]
         unordered += sum(1 for a, b in itertools.pairwise(keys[socket]) if b < a)
     from_ack: list[float] = []
     from_event: list[float] = []
     from_sent: list[float] = []
+    event_to_change: list[float] = []  # the event's time -> the change's transaction began
+    change_to_socket: list[float] = []  # the change's transaction began -> the frame read
     by_window: dict[int, list[float]] = collections.defaultdict(list)
     began = min((command.sent_ns for command in sent), default=0)
     missing = early = 0
@@ -355,11 +368,17 @@ def match(
             from_ack.append((arrived - command.acked_ns) / 1e6)
             from_event.append((arrived - event_ns) / 1e6)
             from_sent.append((arrived - command.sent_ns) / 1e6)
+            recorded = log.recorded.get(cursors[socket][at])
+            if recorded is not None:
+                event_to_change.append((recorded - event_ns) / 1e6)
+                change_to_socket.append((arrived - recorded) / 1e6)
             by_window[(command.sent_ns - began) // int(window * 1e9)].append(from_ack[-1])
     return {
         "from_ack": stats(from_ack),
         "from_event": stats(from_event),
         "from_sent": stats(from_sent),
+        "event_to_change": stats(event_to_change),
+        "change_to_socket": stats(change_to_socket),
         # commit -> socket per `window` s of the load (by when the command was sent): steady, spikes, or growing
         "windows": [{"from_s": w * window, **stats(by_window[w])} for w in sorted(by_window)],
         "pairs": len(from_ack),
@@ -491,6 +510,11 @@ def measure_sustained(
         "machine_busy": round((busy1 - busy0) / max(1e-9, total1 - total0), 3),
         **match(sent, frames, queues, start_waiting, log, args.window),
     }
+    print_sustained(args, result)
+    return result
+
+
+def print_sustained(args: argparse.Namespace, result: dict[str, Any]) -> None:
     lat, upper = result["from_ack"], result["from_event"]
     print(
         f"  commit -> socket: p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['last']:.1f} ms from the HTTP"
@@ -499,6 +523,12 @@ def measure_sustained(
         f" {result['missing']} missing,"
         f" {result['before_ack']} read before the HTTP answer; from the request: p50 {result['from_sent']['p50']:.1f}"
         f" / p99 {result['from_sent']['p99']:.1f} ms",
+        flush=True,
+    )
+    hop1, hop2 = result["event_to_change"], result["change_to_socket"]
+    print(
+        f"  split: the event's time -> the change's transaction began p50 {hop1['p50']:.1f} / p99 {hop1['p99']:.1f}"
+        f" ms, -> the socket p50 {hop2['p50']:.1f} / p99 {hop2['p99']:.1f} ms",
         flush=True,
     )
     print(
@@ -520,7 +550,6 @@ def measure_sustained(
         f" {result['postgres_cpu_s']} s; machine busy {result['machine_busy']:.0%}",
         flush=True,
     )
-    return result
 
 
 def sustained_verdict(lower: dict[str, float], upper: dict[str, float]) -> str:

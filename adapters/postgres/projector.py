@@ -163,63 +163,8 @@ class BatchWriter(Protocol):
 W = TypeVar("W", bound=BatchWriter)
 
 
-def run_together(
-    runners: Sequence[ProjectionRunner[Any]], head: int | None = None, page: SharedPage | None = None
-) -> int:
-    """The next batch of every runner, committed in one transaction; returns how many log positions
-    the runners moved on together (0: nothing new, or another process had recorded a position first:
-    the runners then reload theirs and go on from there).
-
-    `head`, when given, is the log head the caller has just read, and `page` its read of the log,
-    used by the runners standing where it starts: one read per round serves every runner. A runner
-    whose window holds none of its events writes nothing: its position moves on in memory (`dirty`)
-    and the caller records it (`ProjectorThread._checkpoint`; `catch_up` records it itself). Reading
-    such a window again after a crash finds nothing to do, so exactly once still holds.
-
-    One transaction for all: BEGIN, each batch's statements and tracking upsert, and COMMIT travel in
-    one pipeline with one sync, one round trip and one commit. Each runner in its own transaction
-    cost a round of the projector a commit (and its WAL flush) per runner with events: at 1,000
-    commands/s, event time -> a summary change's transaction p99 28 ms against 20-23 ms together
-    (docs/benchmarks.md, 2026-12-07 15:42). Before that, psycopg's `transaction()` (syncs at BEGIN
-    and COMMIT) and eventsourcing's tracking upsert (fetches its result) took four round trips."""
-    if not runners:
-        return 0
-    if head is None:
-        head = runners[0].app.recorder.max_notification_id() or 0
-    batches = [(runner, batch) for runner in runners if (batch := runner.next_batch(head, page)) is not None]
-    writing = [(runner, notifications, last) for runner, (notifications, last) in batches if notifications]
-    if writing and not _commit_together(writing):
-        return 0
-    return sum(runner.moved_to(last, recorded=bool(notifications)) for runner, (notifications, last) in batches)
-
-
-def _commit_together(writing: Sequence[tuple[ProjectionRunner[Any], Sequence[Notification], int]]) -> bool:
-    """The batches in one transaction; False when a tracking upsert refused its position (another
-    process recorded it first): nothing was written, and every runner of the batches reloads."""
-    try:
-        with writing[0][0].pool.connection() as conn:
-            try:
-                with conn.pipeline(), conn.cursor() as cursor:
-                    cursor.execute("BEGIN")
-                    for runner, notifications, last in writing:
-                        runner.write(cursor, notifications, last)
-                    cursor.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(errors.Error):
-                    conn.rollback()  # a failed block stays open until rolled back
-                raise
-    except errors.UniqueViolation as error:
-        if not (error.diag.message_primary or "").startswith(TRACKING_REFUSED):
-            raise
-        for runner, _, _ in writing:
-            runner.reload()
-        return False
-    return True
-
-
 class ProjectionRunner(Generic[W]):
-    """Exactly once: a batch's changes and its tracking position commit together, or neither does
-    (with the other runners' batches of the projector's round: `run_together`).
+    """Exactly once: a batch's changes and its tracking position commit together, or neither does.
 
     The tracking upsert refuses a position that is not beyond the stored one, so a batch
     processed twice (by a restarted or a second process) rolls back and changes nothing.
@@ -252,32 +197,61 @@ class ProjectionRunner(Generic[W]):
 
     def run_once(self, head: int | None = None, page: SharedPage | None = None) -> int:
         """Process the next batch of events; returns how many log positions it moved on (0: none new).
-        `run_together` for this runner alone."""
-        return run_together([self], head, page)
 
-    def next_batch(self, head: int, page: SharedPage | None) -> tuple[Sequence[Notification], int] | None:
-        """The events of the projection's own topics after its position, up to `head` or a batch
-        (`adapters.postgres.log.topic_page`, or `page` when it starts where this runner stands),
-        and the log position the batch ends at; None when the runner is at `head`."""
+        Only the projection's own topics are fetched (`adapters.postgres.log.topic_page`).
+        `head`, when given, is the log head the caller has just read (one read per round serves
+        every runner), and `page` the round's read of the log, used when it starts where this
+        runner stands. A window without any of them costs no transaction: the position moves on in
+        memory (`dirty`) and the caller records it with the other runners' in one statement
+        (`ProjectorThread._checkpoint`; `catch_up` records it itself). Reading such a window again
+        after a crash finds nothing to do, so exactly once still holds.
+        """
+        if head is None:
+            head = self.app.recorder.max_notification_id() or 0
         if head <= self.position:
-            return None
+            return 0
         shared = page.events_for(self.position, self.topics) if page is not None else None
-        return shared or topic_page(self.app, self.position, head, self.topic_list, self.batch_size)
-
-    def write(self, cursor: psycopg.Cursor[Any], notifications: Sequence[Notification], last: int) -> None:
-        """The batch's read-model changes and its tracking position `last`, in the caller's transaction."""
-        writer = self.writer(cursor)
-        for notification in notifications:
-            self.projection.process_at(notification.id, self.app.mapper.to_domain_event(notification), writer)
-        writer.flush()
-        cursor.execute(self.track, (self.projection.name, last))
-
-    def moved_to(self, last: int, *, recorded: bool) -> int:
-        """After its batch: the runner stands at `last`; `recorded`: its tracking row says so too
-        (else only memory does, `dirty`, until a checkpoint). Returns how far it moved."""
-        moved, self.position, self.dirty = last - self.position, last, not recorded
+        notifications, last = shared or topic_page(self.app, self.position, head, self.topic_list, self.batch_size)
+        if notifications:
+            if not self._commit(notifications, last):
+                return 0
+        else:
+            self.dirty = True
+        moved, self.position = last - self.position, last
         self.progress.advance(self.projection.name, last)
         return moved
+
+    def _commit(self, notifications: Sequence[Notification], last: int) -> bool:
+        """The batch's read-model changes and the tracking position `last`, in one transaction;
+        False when another process had recorded that position first (this one then goes on from theirs).
+
+        BEGIN, the statements, the tracking upsert and COMMIT travel in one pipeline with one sync:
+        one round trip. psycopg's `transaction()` syncs at BEGIN and at COMMIT, and eventsourcing's
+        tracking upsert fetches its result: four round trips before the batch's changes were
+        committed (and announced to the sockets' followers)."""
+        try:
+            with self.pool.connection() as conn:
+                try:
+                    with conn.pipeline(), conn.cursor() as cursor:
+                        cursor.execute("BEGIN")
+                        writer = self.writer(cursor)
+                        for notification in notifications:
+                            event = self.app.mapper.to_domain_event(notification)
+                            self.projection.process_at(notification.id, event, writer)
+                        writer.flush()
+                        cursor.execute(self.track, (self.projection.name, last))
+                        cursor.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(errors.Error):
+                        conn.rollback()  # a failed block stays open until rolled back
+                    raise
+        except errors.UniqueViolation as error:
+            if not (error.diag.message_primary or "").startswith(TRACKING_REFUSED):
+                raise
+            self.reload()
+            return False
+        self.dirty = False
+        return True
 
     def tracked(self) -> int:
         """The position committed in the database (whoever committed it)."""
@@ -369,7 +343,7 @@ class ProjectorThread:
                     # and what it caused in the same round
                     page = self._shared_page(self.runners)
                     head = page.head if page else None
-                busy += run_together(self.runners, head, page)
+                busy += sum(runner.run_once(head, page) for runner in self.runners)
                 self._checkpoint()
             except Exception:
                 log.exception("projection batch failed; retrying in 1 s")

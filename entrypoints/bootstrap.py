@@ -21,7 +21,7 @@ from adapters.fanout import Hub
 from adapters.gateway import SharedSnapshots
 from adapters.postgres import changes, live_rows
 from adapters.postgres.cleanup import Cleanup
-from adapters.postgres.database import Database
+from adapters.postgres.database import Database, name_sessions
 from adapters.postgres.feed import FeedReader
 from adapters.postgres.locks import QueueLocks
 from adapters.postgres.notifications import NotificationsReader
@@ -69,7 +69,9 @@ def event_store(
     """The event store; only `migrate` creates tables (under a lock: concurrent DDL collides)."""
     env = database.event_store_env(pool_size=pool_size or settings.pool_size, lock_timeout=settings.lock_timeout)
     env["CREATE_TABLE"] = "y" if create_tables else "n"
-    return Queues(env=env)
+    queues = Queues(env=env)
+    name_sessions(queues.factory.datastore.pool, "lineup-events")  # type: ignore[attr-defined]
+    return queues
 
 
 def migrate(settings: Settings, database: Database) -> Queues:

@@ -22,6 +22,17 @@ def session_name(role: str) -> str:
     return f"{role} {os.getpid()}"[:63]
 
 
+def name_sessions(pool: ConnectionPool[Any], role: str) -> None:
+    """Name the sessions of a pool made elsewhere (eventsourcing's, which sets no application_name):
+    new connections carry `session_name(role)`, and those already open are replaced."""
+    if not isinstance(pool.kwargs, dict):  # psycopg_pool also takes a function; eventsourcing passes a dict
+        msg = f"cannot name the sessions of a pool whose connection arguments are {type(pool.kwargs).__name__}"
+        raise TypeError(msg)
+    pool.kwargs["application_name"] = session_name(role)
+    if not pool.closed:
+        pool.drain()
+
+
 @dataclass(frozen=True)
 class Database:
     """A `postgresql://` URL plus the schema that holds Lineup's tables (tests use one each)."""

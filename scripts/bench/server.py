@@ -161,17 +161,27 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def postgres_cpu() -> float:
+class PostgresCpu(dict[int, float]):
+    """CPU seconds so far per postgres process (pid -> seconds). `later - earlier` is the CPU the processes
+    alive at `later` used since `earlier` (all of it for those started since): a process that exited in
+    between takes its CPU with it, so the difference is a lower bound, never the negative figure a
+    difference of two sums gave when a busy backend ended within the window."""
+
+    def __sub__(self, earlier: dict[int, float]) -> float:  # type: ignore[override]
+        return sum(seconds - earlier.get(pid, 0.0) for pid, seconds in self.items())
+
+
+def postgres_cpu() -> PostgresCpu:
     """CPU seconds used so far by every process named `postgres` on this machine (server and backends)."""
-    total = 0.0
+    found = PostgresCpu()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
-                    total += process_cpu(int(entry.name))
+                    found[int(entry.name)] = process_cpu(int(entry.name))
             except OSError:
                 continue
-    return total
+    return found
 
 
 def machine_busy() -> tuple[float, float]:

@@ -185,6 +185,11 @@ class LineupToken(Token):
         options: JWTDecodeOptions | None = None,
     ) -> Any:
         payload = super().decode_payload(encoded_token, secret, algorithms, issuer, audience, options)
+        if isinstance(payload, dict) and not isinstance(payload.get("extras", {}), dict):
+            # Litestar gathers the claims it has no field for into `extras`, and raised TypeError
+            # (a 500) on a validly signed token whose own `extras` claim is not an object.
+            msg = "the token's extras claim is not an object"
+            raise jwt.InvalidTokenError(msg)
         if isinstance(payload, dict):
             now = datetime.now(UTC).timestamp()
             iat = payload.get("iat")

@@ -51,6 +51,7 @@ def requests(run: str, secret: str) -> list[tuple[str, str, dict[str, str], byte
 
     admin = jwt.encode({"sub": f"{run}-x", "role": "admin", "exp": 4_000_000_000}, secret, algorithm="HS256")
     expired = jwt.encode({"sub": f"{run}-x", "exp": 1_000_000_000}, secret, algorithm="HS256")
+    odd = jwt.encode({"sub": f"{run}-x", "role": "user", "extras": "x"}, secret, algorithm="HS256")
     plain = issue(secret, f"{run}-u3")
     return [
         ("POST", queue, {**bearer("owner"), "Content-Type": "application/json"}, b'{"name": "Launch"}'),
@@ -61,6 +62,7 @@ def requests(run: str, secret: str) -> list[tuple[str, str, dict[str, str], byte
         ("POST", f"{queue}/join", {"Authorization": "Bearer not-a-token"}, b""),
         ("POST", f"{queue}/join", {"Authorization": f"Bearer {admin}"}, b""),
         ("POST", f"{queue}/join", {"Authorization": f"Bearer {expired}"}, b""),
+        ("POST", f"{queue}/join", {"Authorization": f"Bearer {odd}"}, b""),  # signed, but `extras` no object
         ("POST", f"{queue}/join", {"Authorization": f"Token {plain}"}, b""),  # Litestar reads any scheme
         ("POST", f"{elsewhere}/join", bearer("u1"), b""),
         ("POST", f"{queue}/call-next", bearer("u1"), b""),  # not the owner
@@ -104,7 +106,7 @@ def test_entry_commands_answer_in_front_as_their_routes_do(settings: Settings) -
     route, _ = answers(settings, "route", lambda app, _: app)
     fast, litestar = answers(settings, "fast", FastPaths)
     assert [status for status, _, _ in fast] == [
-        201, 201, 200, 201, 401, 401, 401, 401, 201, 404, 403, 200, 200, 404, 200, 409, 201, 405, 404,
+        201, 201, 200, 201, 401, 401, 401, 401, 401, 201, 404, 403, 200, 200, 404, 200, 409, 201, 405, 404,
     ]  # fmt: skip
     assert fast == route
     assert all(content_type == "application/json" for _, content_type, _ in fast)
@@ -116,5 +118,5 @@ def test_entry_commands_answer_in_front_as_their_routes_do(settings: Settings) -
     assert "POST /events/fast-ev/queue/join/" in reached
     assert "GET /events/fast-ev/queue/join" in reached
     # with a verifying Bearer token the commands skip Litestar; the refused or unusual tokens reach it
-    assert litestar.reached.count("POST /events/fast-ev/queue/join") == 5
+    assert litestar.reached.count("POST /events/fast-ev/queue/join") == 6
     assert not reached & (skipped - {"POST /events/fast-ev/queue/join"})

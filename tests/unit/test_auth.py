@@ -172,3 +172,12 @@ def test_a_key_shorter_than_hs256_wants_takes_pyjwts_path_and_its_warning() -> N
     assert LineupToken.plain_hs256(token, "short") is None
     with pytest.warns(jwt.warnings.InsecureKeyLengthWarning):
         assert decode(token, "short")[0].user_id == "ann"
+
+
+def test_a_signed_token_whose_extras_claim_is_no_object_is_refused_not_a_crash() -> None:
+    """Litestar gathers unknown claims into `extras`; an `extras` claim of another type made it raise
+    TypeError (a 500) for a token signed with the right secret."""
+    for extras in ("x", ["a"], 3):
+        token = jwt.encode({"sub": "ann", "role": "user", "extras": extras}, SECRET, algorithm="HS256")
+        with pytest.raises(NotAuthorizedException):
+            decode(token, SECRET)

@@ -195,11 +195,16 @@ def connect_and_measure(spec: Spec, n: int, procs: int, pid: int, trigger: Any, 
     }
 
 
-def measure_lineup(args: argparse.Namespace, n: int, schema: str, secret: str, workdir: Path) -> dict[str, Any]:
+def start_lineup(args: argparse.Namespace, schema: str, secret: str, workdir: Path) -> Server:
     os.environ["LINEUP_WORKERS"] = "1"  # Server.start passes the environment on
-    server = Server.start(
-        database_url=args.database_url, schema=schema, secret=secret, host=HOST, port=free_port(HOST), workdir=workdir
+    port = free_port(HOST)
+    return Server.start(
+        database_url=args.database_url, schema=schema, secret=secret, host=HOST, port=port, workdir=workdir
     )
+
+
+def measure_lineup(args: argparse.Namespace, n: int, schema: str, secret: str, workdir: Path) -> dict[str, Any]:
+    server = start_lineup(args, schema, secret, workdir)
     try:
         event_id = f"live-{n}-{secrets.token_hex(3)}"
         open_queue(server, secret, event_id)
@@ -417,14 +422,6 @@ class Pipeline:
     name: str
     start: Callable[[argparse.Namespace, str, str, Path], Server]  # (args, schema, secret, workdir)
     read_log: Callable[[str, str], Log]  # (database url, schema)
-
-
-def start_lineup(args: argparse.Namespace, schema: str, secret: str, workdir: Path) -> Server:
-    os.environ["LINEUP_WORKERS"] = "1"  # Server.start passes the environment on
-    port = free_port(HOST)
-    return Server.start(
-        database_url=args.database_url, schema=schema, secret=secret, host=HOST, port=port, workdir=workdir
-    )
 
 
 def start_bare(args: argparse.Namespace, schema: str, _secret: str, workdir: Path) -> Server:

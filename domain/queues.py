@@ -52,13 +52,18 @@ RECORDS_CACHED = 100_000
 
 
 class _Batch:
-    """The workspace of one batch: aggregates loaded once, the touched ones saved together."""
+    """The workspace of one batch: aggregates loaded once, the touched ones saved together.
 
-    def __init__(self, app: Queues, *, optimistic: bool) -> None:
-        self.app, self.optimistic = app, optimistic
+    `unlocked`: no queue locks are held and the cached queues are used as they are; the version each
+    queue was loaded at goes to the save (`expected`), which refuses the batch if another writer has
+    moved any of them since (the batch then runs again under the locks)."""
+
+    def __init__(self, app: Queues, *, optimistic: bool, unlocked: bool = False) -> None:
+        self.app, self.optimistic, self.unlocked = app, optimistic, unlocked
         self.stored: Mapping[UUID, int | None] = {}  # the locked queues' stored versions
         self.loaded: dict[UUID, Aggregate | None] = {}
         self.touched: dict[UUID, Aggregate] = {}
+        self.expected: dict[UUID, int | None] = {}  # unlocked: each queue's version when loaded
 
     def get(self, aggregate_id: UUID, *, optimistic: bool = False) -> Aggregate | None:
         if aggregate_id in self.touched:
@@ -68,6 +73,12 @@ class _Batch:
                 # No round trip: the cached state or a new aggregate. If another writer got there
                 # first, the save collides on (id, version) and the retry reads the store.
                 self.loaded[aggregate_id] = self.app._cached(aggregate_id)
+            elif self.unlocked:  # the cached state (else a read), checked when the batch is saved
+                aggregate = self.app._cached(aggregate_id)
+                if aggregate is None:
+                    aggregate = self.app._load(aggregate_id)
+                self.loaded[aggregate_id] = aggregate
+                self.expected[aggregate_id] = aggregate.version if aggregate is not None else None
             elif aggregate_id in self.stored:  # a locked queue, whose stored version is known
                 self.loaded[aggregate_id] = self.app._load_known(aggregate_id, self.stored[aggregate_id])
             else:
@@ -97,10 +108,11 @@ class Queues(Application[Any]):
 
     `execute` applies commands in order to aggregates loaded once per batch and saves every
     new event of the batch in one `save()` (one transaction): group commit. Aggregates stay
-    cached between batches and are fast-forwarded from the store before use (unless the version
-    stored, read under the queue's lock, shows the cached one is current), so a long queue is
-    never replayed per command and another process's writes are always seen. When another
-    process wins a version, the batch is retried on fresh aggregates.
+    cached between batches, so a long queue is never replayed per command. Alone, a batch uses
+    them as they are and its save checks they were current; once another writer has been seen,
+    they are fast-forwarded from the store before use (unless the version stored, read under the
+    queue's lock, shows the cached one is current). Either way another process's writes are always
+    seen: when another process wins a version, the batch is retried on fresh aggregates.
     """
 
     is_snapshotting_enabled = True
@@ -116,6 +128,10 @@ class Queues(Application[Any]):
         self._recorded: OrderedDict[int, None] = OrderedDict()
         self._snapshot_versions: dict[UUID, int] = {}
         self.conflicts = 0  # batches retried because another writer won a version
+        # Whether other writers append to these queues. Until one is seen, a batch's first attempt
+        # takes no queue locks (see `execute`); a recorder that cannot check the versions a batch
+        # was decided on (eventsourcing's own) means locks always.
+        self.shared = not getattr(self.recorder, "verifies_versions", False)
 
     def construct_recorder(self) -> ProcessRecorder:
         """A process recorder: events and a tracking position can be saved in one transaction."""
@@ -136,16 +152,25 @@ class Queues(Application[Any]):
         another process recorded it first, AlreadyProcessedError. Returns, per command, its answer
         or the `QueueError` it was refused with, and the log position of the batch's last event
         (None when nothing changed).
+
+        While no other writer has been seen (`shared` is false), the first attempt holds no locks:
+        it decides on the cached queues and its save checks, under the event table's lock, that each
+        queue it read is still at the version it was read at. One round trip per batch instead of
+        three (locks with the versions, save, unlock). When the check or the (id, version) key
+        refuses the save, another writer exists: the batch runs again under the locks, and so does
+        every later batch's first attempt.
         """
         queue_ids = {queue_id for command in commands for queue_id in lock_ids(command)}
         for attempt in range(MAX_ATTEMPTS):
-            batch = _Batch(self, optimistic=attempt == 0)
+            unlocked = attempt == 0 and not self.shared
+            batch = _Batch(self, optimistic=attempt == 0, unlocked=unlocked)
             try:
-                with exclusive(queue_ids) if exclusive else nullcontext({}) as stored:
+                with exclusive(queue_ids) if exclusive and not unlocked else nullcontext({}) as stored:
                     batch.stored = stored
                     return self._execute_once(commands, at, batch, tracking)
             except IntegrityError:
                 self.conflicts += 1
+                self.shared = True
                 self._forget(batch)
                 if tracking is not None and self._tracked(tracking) >= tracking.notification_id:
                     raise AlreadyProcessedError(tracking) from None
@@ -162,9 +187,11 @@ class Queues(Application[Any]):
                 outcomes.append(apply_command(batch, command, at))
             except QueueError as error:
                 outcomes.append(error)
-        if not batch.touched and tracking is None:
+        if not batch.touched and tracking is None and not batch.expected:
             return Executed(outcomes, None)  # every command refused or a duplicate: nothing to save
         processing: ProcessingEvent[UUID] = ProcessingEvent(tracking)
+        if batch.expected:  # answers decided on unlocked state: the save checks it is still current
+            processing.saved_kwargs["expected_versions"] = batch.expected
         for aggregate_id, aggregate in batch.touched.items():
             # what `processing.collect_events(*aggregates)` does, without its isinstance checks against
             # runtime-checkable Protocols: 3.6 % of the HTTP process's GIL time under webhooks (py-spy)

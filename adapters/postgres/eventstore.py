@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+    from uuid import UUID
 
     from eventsourcing.persistence import StoredEvent, Tracking
     from eventsourcing.postgres import PostgresDatastore
@@ -46,21 +47,38 @@ TRACKING_UPSERT = f"""
 
 # eventsourcing's transaction, as one function: the tracking upsert, then, when there are events, the
 # table lock that keeps notification ids in commit order, the NOTIFY, and the insert returning the ids
-# in order.
+# in order. Lineup's addition: the versions a batch was decided on (`expected_ids` at
+# `expected_versions`, NULL for none stored), checked under the table lock, where no other append can
+# move them; a stale one refuses the batch like a taken version does (unique_violation, the message
+# starting STALE_REFUSED).
+STALE_REFUSED = "Stale versions for "
 APPEND_FUNCTION = (
     """
 CREATE OR REPLACE FUNCTION {schema}.{function}(
-    ids {id_type}[], versions bigint[], topics text[], states bytea[], tracking_name text, tracking_id bigint
+    ids {id_type}[], versions bigint[], topics text[], states bytea[], tracking_name text, tracking_id bigint,
+    expected_ids {id_type}[], expected_versions bigint[]
 ) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
 #variable_conflict use_column
+DECLARE
+    stale {id_type}[];
 BEGIN
     IF tracking_name IS NOT NULL THEN"""  # noqa: S608 - constants only; identifiers are formatted by psycopg
     + TRACKING_UPSERT
     + """
     END IF;
-    IF cardinality(ids) > 0 THEN
+    IF cardinality(ids) > 0 OR cardinality(expected_ids) > 0 THEN
         PERFORM set_config('lock_timeout', {lock_timeout}, true);
         LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;
+        SELECT array_agg(x.id) INTO stale FROM unnest(expected_ids, expected_versions) AS x(id, version)
+            WHERE (SELECT max(e.originator_version) FROM {schema}.{table} AS e WHERE e.originator_id = x.id)
+                IS DISTINCT FROM x.version;
+        IF stale IS NOT NULL THEN
+            RAISE unique_violation USING MESSAGE = '"""
+    + STALE_REFUSED
+    + """' || stale::text;
+        END IF;
+    END IF;
+    IF cardinality(ids) > 0 THEN
         NOTIFY {channel};
         RETURN QUERY INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state)
             SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id;
@@ -108,13 +126,24 @@ class BinaryProcessRecorder(PostgresProcessRecorder):
         where = {"schema_name": Literal(datastore.schema), "table_name": Literal(self.events_table_name)}
         self.sql_create_statements.append(SQL(LZ4_STATE).format(**where, **names))
         self.append_statement = SQL(
-            "SELECT notification_id FROM {schema}.{function}(%b, %b, %b, %b, %s, %s) AS notification_id"
+            "SELECT notification_id FROM {schema}.{function}(%b, %b, %b, %b, %s, %s, %b, %b) AS notification_id"
         ).format(**names)
+
+    @property
+    def verifies_versions(self) -> bool:
+        """Whether `insert_events` checks `expected_versions` (domain.queues.Queues asks)."""
+        return bool(self.datastore.single_row_tracking)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        """The events and the tracking position (when given) in one statement: one round trip."""
+        """The events and the tracking position (when given) in one statement: one round trip.
+        `expected_versions` ({aggregate id: version or None}): refused (IntegrityError) unless each
+        aggregate's stored version is still that."""
+        expected: Mapping[UUID, int | None] = kwargs.get("expected_versions") or {}
         if not self.datastore.single_row_tracking:
+            if expected:
+                msg = "expected versions need single-row tracking (Lineup's append function)"
+                raise ProgrammingError(msg)
             return super().insert_events(stored_events, **kwargs)  # type: ignore[no-any-return]
         tracking: Tracking | None = kwargs.get("tracking")
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -127,6 +156,8 @@ class BinaryProcessRecorder(PostgresProcessRecorder):
                     [e.state for e in stored_events],
                     tracking.application_name if tracking else None,
                     tracking.notification_id if tracking else None,
+                    list(expected),
+                    list(expected.values()),
                 ),
                 prepare=True,
             )

@@ -43,6 +43,11 @@ class ConcurrencyError(Exception):
     """Other writers kept winning the same queue versions; the batch was not applied."""
 
 
+class StaleReadError(IntegrityError):
+    """A save refused because a queue the batch read had moved since it was read: another writer
+    appends to these queues (the recorder raises it; see `Queues.execute`)."""
+
+
 class AlreadyProcessedError(Exception):
     """The tracked position was recorded by another process first: the batch is not applied again."""
 
@@ -156,9 +161,10 @@ class Queues(Application[Any]):
         While no other writer has been seen (`shared` is false), the first attempt holds no locks:
         it decides on the cached queues and its save checks, under the event table's lock, that each
         queue it read is still at the version it was read at. One round trip per batch instead of
-        three (locks with the versions, save, unlock). When the check or the (id, version) key
-        refuses the save, another writer exists: the batch runs again under the locks, and so does
-        every later batch's first attempt.
+        three (locks with the versions, save, unlock). When the check refuses the save, another
+        writer exists: the batch runs again under the locks, and so does every later batch's first
+        attempt. (A collision on the (id, version) key alone, e.g. a Stripe event another process
+        recorded, says nothing about the queues: the batch runs again, and the next one unlocked.)
         """
         queue_ids = {queue_id for command in commands for queue_id in lock_ids(command)}
         for attempt in range(MAX_ATTEMPTS):
@@ -168,9 +174,9 @@ class Queues(Application[Any]):
                 with exclusive(queue_ids) if exclusive and not unlocked else nullcontext({}) as stored:
                     batch.stored = stored
                     return self._execute_once(commands, at, batch, tracking)
-            except IntegrityError:
+            except IntegrityError as refused:
                 self.conflicts += 1
-                self.shared = True
+                self.shared = self.shared or isinstance(refused, StaleReadError)
                 self._forget(batch)
                 if tracking is not None and self._tracked(tracking) >= tracking.notification_id:
                     raise AlreadyProcessedError(tracking) from None

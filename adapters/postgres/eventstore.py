@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
+
+from domain.queues import StaleReadError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -137,8 +139,8 @@ class BinaryProcessRecorder(PostgresProcessRecorder):
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         """The events and the tracking position (when given) in one statement: one round trip.
-        `expected_versions` ({aggregate id: version or None}): refused (IntegrityError) unless each
-        aggregate's stored version is still that."""
+        `expected_versions` ({aggregate id: version or None}): refused (`StaleReadError`, an
+        IntegrityError) unless each aggregate's stored version is still that."""
         expected: Mapping[UUID, int | None] = kwargs.get("expected_versions") or {}
         if not self.datastore.single_row_tracking:
             if expected:
@@ -146,20 +148,25 @@ class BinaryProcessRecorder(PostgresProcessRecorder):
                 raise ProgrammingError(msg)
             return super().insert_events(stored_events, **kwargs)  # type: ignore[no-any-return]
         tracking: Tracking | None = kwargs.get("tracking")
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                self.append_statement,
-                (
-                    [e.originator_id for e in stored_events],
-                    [e.originator_version for e in stored_events],
-                    [e.topic for e in stored_events],
-                    [e.state for e in stored_events],
-                    tracking.application_name if tracking else None,
-                    tracking.notification_id if tracking else None,
-                    list(expected),
-                    list(expected.values()),
-                ),
-                prepare=True,
-            )
-            ids = [row["notification_id"] for row in curs.fetchall()]
+        try:
+            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(
+                    self.append_statement,
+                    (
+                        [e.originator_id for e in stored_events],
+                        [e.originator_version for e in stored_events],
+                        [e.topic for e in stored_events],
+                        [e.state for e in stored_events],
+                        tracking.application_name if tracking else None,
+                        tracking.notification_id if tracking else None,
+                        list(expected),
+                        list(expected.values()),
+                    ),
+                    prepare=True,
+                )
+                ids = [row["notification_id"] for row in curs.fetchall()]
+        except IntegrityError as error:
+            if STALE_REFUSED in str(error):
+                raise StaleReadError(str(error)) from error
+            raise
         return ids if stored_events else None  # as eventsourcing's recorder answers an empty batch

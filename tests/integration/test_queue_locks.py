@@ -4,11 +4,13 @@ alone, it decides on its cache without the locks and its save checks the version
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from typing import TYPE_CHECKING
 
-from domain.commands import Caller, Joined, JoinQueue, LeaveQueue, OpenQueue
+from domain.commands import Caller, Joined, JoinQueue, LeaveQueue, OpenQueue, Recorded, RecordStripeEvent
 from domain.queue import queue_id_for
+from domain.stripe import StripeEnvelope
 from entrypoints.bootstrap import event_store, queue_locks
 
 if TYPE_CHECKING:
@@ -151,3 +153,23 @@ def _open_and_join(queues: Queues, locks: QueueLocks, event_id: str, user: str) 
     assert isinstance(joined, Joined)
     assert joined.created
     return joined
+
+
+def test_a_stripe_event_recorded_elsewhere_does_not_make_a_writer_take_locks(
+    settings: Settings, container: Container
+) -> None:
+    """A Stripe event another process recorded collides on its key here (this process had not seen
+    it): answered as a duplicate, but that says nothing about the queues, so batches stay unlocked."""
+    here = container.queues
+    elsewhere, elsewhere_locks = _other_writer(settings, container)
+    delivery = {"id": "evt_seen_elsewhere", "object": "event", "type": "account.updated", "created": 1}
+    delivery["data"] = {"object": {"id": "acct_1", "object": "account"}}
+    record = RecordStripeEvent(StripeEnvelope.read(delivery), json.dumps(delivery))
+    try:
+        elsewhere.execute([record], 1_000)
+        assert here.execute([record], 2_000).outcomes == [Recorded("evt_seen_elsewhere", duplicate=True)]
+        assert here.conflicts == 1
+        assert not here.shared
+    finally:
+        elsewhere_locks.close()
+        elsewhere.close()

@@ -54,6 +54,14 @@ TRACKING_UPSERT = f"""
 # move them; a stale one refuses the batch like a taken version does (unique_violation, the message
 # starting STALE_REFUSED).
 STALE_REFUSED = "Stale versions for "
+
+
+def stored_version(events: str, aggregate_id: str) -> str:
+    """An aggregate's stored version (NULL: no events), as SQL: one index probe of the events table's
+    primary key. The queue locks read versions with it, and the append function checks them with it."""
+    return f"(SELECT max(e.originator_version) FROM {events} AS e WHERE e.originator_id = {aggregate_id})"  # noqa: S608 - SQL text of ours, never a value
+
+
 APPEND_FUNCTION = (
     """
 CREATE OR REPLACE FUNCTION {schema}.{function}(
@@ -72,8 +80,9 @@ BEGIN
         PERFORM set_config('lock_timeout', {lock_timeout}, true);
         LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE;
         SELECT array_agg(x.id) INTO stale FROM unnest(expected_ids, expected_versions) AS x(id, version)
-            WHERE (SELECT max(e.originator_version) FROM {schema}.{table} AS e WHERE e.originator_id = x.id)
-                IS DISTINCT FROM x.version;
+            WHERE """
+    + stored_version("{schema}.{table}", "x.id")
+    + """ IS DISTINCT FROM x.version;
         IF stale IS NOT NULL THEN
             RAISE unique_violation USING MESSAGE = '"""
     + STALE_REFUSED

@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from adapters.postgres.database import session_name
+from adapters.postgres.eventstore import stored_version
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -22,7 +23,7 @@ LOCK_SQL = "SELECT pg_advisory_lock(k) FROM (SELECT DISTINCT unnest(%s::bigint[]
 # One index probe per queue (a correlated subquery: its plan uses the primary key whatever the
 # parameter, so it may stay prepared, unlike `= ANY(ids)`: see changes.UNPREPARED).
 VERSIONS_SQL = (
-    "SELECT q.id, (SELECT max(e.originator_version) FROM {events} AS e WHERE e.originator_id = q.id) AS version"
+    f"SELECT q.id, {stored_version('{events}', 'q.id')} AS version"  # noqa: S608 - constants only
     " FROM unnest(%s::uuid[]) AS q(id)"
 )
 
